@@ -1,0 +1,108 @@
+// Package dataplane defines how an established client/backend pair is moved
+// once the handshake is done, and holds the userspace implementation.
+//
+// The proxy calls Adopt on every TCP connection (accepted or dialed) before it
+// reads its first byte, does all handshake I/O through the returned *Conn, and
+// then calls Splice. The kernel implementation lives in package loader; it
+// needs Adopt-before-read because bytes a socket queued before it entered the
+// sockmap are not seen by the verdict program, and bytes partly read from a
+// segment would be redirected twice (see ../shared/KERNEL-NOTES.md 1 and 12).
+package dataplane
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+)
+
+// ErrClosed is returned by Adopt and Splice once the data path is shutting down.
+var ErrClosed = errors.New("dataplane closed")
+
+// Dataplane moves bytes between spliced connection pairs.
+type Dataplane interface {
+	// Name is "sockmap" or "userspace"; it appears in logs and stats.
+	Name() string
+	// Adopt registers a connection before any byte is read from it. All
+	// later I/O by the proxy must go through the returned Conn so that its
+	// byte counts are exact.
+	Adopt(c *net.TCPConn) (*Conn, error)
+	// Splice takes ownership of both connections. The caller has already
+	// written every byte it read but did not consume (pipelined client
+	// bytes to the backend, frames behind the 101 to the client). Splice
+	// returns once the pair is handed over; the data plane closes both
+	// connections when they are done and propagates FIN and RST.
+	Splice(client, backend *Conn) error
+	// Release closes a connection that was adopted but is not spliced
+	// (plain HTTP, a failed handshake) and forgets it.
+	Release(c *Conn)
+	// Stats reports counters for logs, tests and the admin endpoint.
+	Stats() Stats
+	// Close closes every spliced connection and releases kernel state.
+	Close() error
+}
+
+// Stats are the data plane's counters.
+type Stats struct {
+	Dataplane string `json:"dataplane"`
+	// Spliced is the number of connection pairs spliced right now.
+	Spliced int64 `json:"spliced"`
+	// SplicedTotal counts pairs ever spliced.
+	SplicedTotal uint64 `json:"spliced_total"`
+	// MapEntries is the number of sockets in the kernel's maps (sockmap
+	// only, counted by walking the maps; -1 for userspace).
+	MapEntries int `json:"map_entries"`
+	// BytesKernel counts bytes moved by the kernel without userspace
+	// (sockmap redirect), both directions, counted by the BPF program.
+	BytesKernel uint64 `json:"bytes_kernel"`
+	// BytesUserspace counts bytes userspace moved after Splice (the whole
+	// userspace data path, or the sockmap path's backpressure slow path).
+	BytesUserspace uint64 `json:"bytes_userspace"`
+}
+
+// Conn is an adopted TCP connection with exact counts of the bytes the
+// proxy read from it and wrote to it.
+type Conn struct {
+	*net.TCPConn
+	read    atomic.Int64
+	written atomic.Int64
+	// Cookie is the kernel's socket cookie (sockmap only; 0 otherwise).
+	Cookie uint64
+}
+
+// NewConn wraps c with zero counts.
+func NewConn(c *net.TCPConn) *Conn { return &Conn{TCPConn: c} }
+
+// Read reads from the connection and counts the bytes.
+func (c *Conn) Read(p []byte) (int, error) {
+	n, err := c.TCPConn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+// Write writes to the connection and counts the bytes.
+func (c *Conn) Write(p []byte) (int, error) {
+	n, err := c.TCPConn.Write(p)
+	c.written.Add(int64(n))
+	return n, err
+}
+
+// BytesRead is the number of bytes read through this Conn.
+func (c *Conn) BytesRead() int64 { return c.read.Load() }
+
+// BytesWritten is the number of bytes written through this Conn.
+func (c *Conn) BytesWritten() int64 { return c.written.Load() }
+
+// ReadFrom keeps net.TCPConn's splice(2) fast path and counts the bytes.
+func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
+	n, err := c.TCPConn.ReadFrom(r)
+	c.written.Add(n)
+	return n, err
+}
+
+// WriteTo keeps net.TCPConn's splice(2) fast path and counts the bytes.
+func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	n, err := c.TCPConn.WriteTo(w)
+	c.read.Add(n)
+	return n, err
+}
