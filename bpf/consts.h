@@ -1,0 +1,23 @@
+/* Constants shared by wsplice's BPF programs. Capacities can be overridden
+ * at build time with -D. */
+#pragma once
+
+/* Sockets wsplice can hold in its maps at once (two per spliced pair). */
+#ifndef WSPLICE_MAX_SOCKS
+#define WSPLICE_MAX_SOCKS 262144
+#endif
+
+/* Ring buffer for "this socket started passing" notices, in bytes. */
+#ifndef WSPLICE_EVENTS_BYTES
+#define WSPLICE_EVENTS_BYTES (256 * 1024)
+#endif
+
+/* conn_ctl.mode */
+enum wsplice_mode {
+	/* Userspace owns the stream (handshake): every byte goes to the
+	 * socket's own receive queue. */
+	WSPLICE_MODE_PASS = 0,
+	/* Spliced: bytes are redirected to the peer while the peer has room
+	 * and userspace has forwarded every byte passed before. */
+	WSPLICE_MODE_REDIRECT = 1,
+};

@@ -1,0 +1,43 @@
+/* Map values shared with userspace (loader/ mirrors them via bpf2go). */
+#pragma once
+
+#include <linux/types.h>
+
+/* Written only by userspace. */
+struct conn_ctl {
+	/* Socket cookie of the other socket of the pair. */
+	__u64 peer;
+	/* Bytes userspace has read from this socket and finished writing to
+	 * the peer. While it lags conn_stats.passed, the verdict keeps
+	 * passing so that order is kept. */
+	__u64 consumed;
+	/* Drain episodes userspace has completed; see conn_stats.notified. */
+	__u32 epoch;
+	/* enum wsplice_mode */
+	__u32 mode;
+};
+
+/* Written only by the verdict program (userspace creates it zeroed). */
+struct conn_stats {
+	/* Bytes left in this socket's own receive queue for userspace. */
+	__u64 passed;
+	/* Bytes redirected to the peer. */
+	__u64 redirected;
+	/* Peer's tcp_sock.write_seq once every redirected byte has been
+	 * written into it; the gap to the live write_seq is what still waits
+	 * in the peer's psock queue, which no socket accounting sees. */
+	__u32 peer_seq_goal;
+	/* 1 while the last verdict redirected, so peer_seq_goal is valid. */
+	__u32 redirecting;
+	/* conn_ctl.epoch + 1 once a pass in redirect mode was announced on
+	 * the ring buffer; one notice per drain episode. */
+	__u32 notified;
+	__u32 _pad;
+	/* bpf_ktime_get_ns() of the last byte seen, for idle tracking. */
+	__u64 last_ns;
+};
+
+/* Ring buffer record: this socket has bytes for userspace to drain. */
+struct pass_event {
+	__u64 cookie;
+};

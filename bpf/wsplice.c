@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* wsplice's kernel data path: one sk_skb stream verdict attached to
+ * sock_hash. Userspace owns a socket's stream until it sets
+ * conn_ctl.mode = REDIRECT; from then on every segment is redirected to
+ * the peer socket, unless the peer is full (no egress backpressure exists
+ * for redirects: KERNEL-NOTES 4) or userspace still has passed bytes to
+ * forward, in which case it is passed to the socket's own receive queue,
+ * which is accounted and closes the TCP window. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "maps.h"
+#include "tcp.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* peer_room tells whether the peer can take len more bytes: what sits in
+ * its send queue plus what was redirected but not yet written into it
+ * (the psock backlog, drained by a kworker) must stay within its sndbuf.
+ * On success it also returns the peer's write_seq. */
+static __always_inline int peer_room(__u64 *peer_cookie, struct conn_stats *st,
+				     __u32 *write_seq)
+{
+	struct bpf_sock *sk;
+	struct tcp_sock___ws *tp;
+	int ok = 0;
+
+	sk = bpf_map_lookup_elem(&sock_hash, peer_cookie);
+	if (!sk)
+		return 0;
+	tp = (struct tcp_sock___ws *)bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		struct sock___ws *s = (struct sock___ws *)tp;
+		__u32 seq = tp->write_seq;
+		__u32 backlog = st->redirecting ? st->peer_seq_goal - seq : 0;
+		__s64 queued = (__s64)s->sk_wmem_queued + backlog;
+
+		*write_seq = seq;
+		ok = queued < (__s64)s->sk_sndbuf;
+	}
+	bpf_sk_release(sk);
+	return ok;
+}
+
+static __always_inline void announce_pass(__u64 cookie, struct conn_ctl *ctl,
+					  struct conn_stats *st)
+{
+	struct pass_event ev = { .cookie = cookie };
+
+	if (st->notified == ctl->epoch + 1)
+		return;
+	if (bpf_ringbuf_output(&pass_events, &ev, sizeof(ev), 0) == 0)
+		st->notified = ctl->epoch + 1;
+}
+
+SEC("sk_skb/stream_verdict")
+int wsplice_verdict(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct conn_stats *st;
+	struct conn_ctl *ctl;
+	__u32 len = skb->len;
+	__u32 seq = 0;
+
+	st = bpf_map_lookup_elem(&stats_map, &cookie);
+	ctl = bpf_map_lookup_elem(&ctl_map, &cookie);
+	if (!st || !ctl)
+		return SK_PASS;
+
+	/* A FIN arrives as an empty skb; redirecting it makes the peer
+	 * report EPIPE (KERNEL-NOTES 13). Userspace propagates FIN itself. */
+	if (len == 0)
+		return SK_PASS;
+
+	st->last_ns = bpf_ktime_get_ns();
+
+	if (ctl->mode != WSPLICE_MODE_REDIRECT)
+		goto pass;
+	/* Bytes passed earlier are still waiting for userspace: keep
+	 * passing until it has forwarded them all, or order breaks. */
+	if (ctl->consumed != st->passed)
+		goto pass_notify;
+	if (!peer_room(&ctl->peer, st, &seq))
+		goto pass_notify;
+
+	if (!st->redirecting) {
+		/* Userspace drained the backlog before it wrote the last
+		 * passed bytes, so the peer's write_seq is exact here. */
+		st->peer_seq_goal = seq;
+		st->redirecting = 1;
+	}
+	st->peer_seq_goal += len;
+	st->redirected += len;
+	return bpf_sk_redirect_hash(skb, &sock_hash, &ctl->peer, 0);
+
+pass_notify:
+	announce_pass(cookie, ctl, st);
+pass:
+	st->redirecting = 0;
+	st->passed += len;
+	return SK_PASS;
+}
