@@ -4,10 +4,19 @@
 package loader
 
 import (
+	"encoding/binary"
 	"errors"
-	"net"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/wsplice/wsplice/userspace/dataplane"
 )
@@ -16,20 +25,205 @@ import (
 var ErrUnsupported = errors.New("sockmap data path unsupported")
 
 // Options tune the kernel data path.
-type Options struct{}
+type Options struct {
+	// Fallback serves pairs the kernel path cannot take (a socket that
+	// left ESTABLISHED before it could be inserted, a full map). If nil,
+	// such pairs are closed.
+	Fallback dataplane.Dataplane
+}
 
-// Splicer is the sockmap data path.
-type Splicer struct{ log zerolog.Logger }
+// Splicer is the sockmap data path. After Splice, a pair costs no
+// goroutine and no buffer: one epoll loop watches every spliced socket for
+// FIN and errors, and one ring-buffer reader hears when the verdict starts
+// passing bytes to userspace because a peer is full.
+type Splicer struct {
+	log      zerolog.Logger
+	fallback dataplane.Dataplane
+	objs     wspliceObjects
+	events   *ringbuf.Reader
+	epfd     int
+	wakefd   int // eventfd that stops the epoll loop
+	loops    sync.WaitGroup
+	drains   sync.WaitGroup
+
+	mu     sync.Mutex
+	socks  map[uint64]*sock // adopted sockets by cookie
+	byFD   map[int32]*sock  // spliced sockets by their (duplicated) fd
+	pairs  map[*pair]struct{}
+	closed bool
+
+	spliced      atomic.Int64
+	splicedTotal atomic.Uint64
+	bytesUser    atomic.Uint64
+	bytesKernel  atomic.Uint64 // redirected bytes of sockets already gone
+}
 
 // New loads and attaches the BPF programs. On any failure it returns an
 // error wrapping ErrUnsupported that says why; nothing stays loaded.
-func New(log zerolog.Logger, opts Options) (*Splicer, error) {
-	return nil, errors.Join(ErrUnsupported, errors.New("not implemented yet"))
+func New(log zerolog.Logger, opts Options) (_ *Splicer, err error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("%w: remove memlock limit: %w", ErrUnsupported, err)
+	}
+	s := &Splicer{
+		log:      log.With().Str("component", "sockmap").Logger(),
+		fallback: opts.Fallback,
+		epfd:     -1,
+		wakefd:   -1,
+		socks:    make(map[uint64]*sock),
+		byFD:     make(map[int32]*sock),
+		pairs:    make(map[*pair]struct{}),
+	}
+	defer func() {
+		if err != nil {
+			s.release()
+		}
+	}()
+	if err := loadWspliceObjects(&s.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("%w: verifier rejected the program: %+v", ErrUnsupported, ve)
+		}
+		return nil, fmt.Errorf("%w: load BPF objects: %w", ErrUnsupported, err)
+	}
+	err = link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target:  s.objs.SockHash.FD(),
+		Program: s.objs.WspliceVerdict,
+		Attach:  ebpf.AttachSkSKBStreamVerdict,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: attach sk_skb verdict to sock_hash: %w", ErrUnsupported, err)
+	}
+	if s.events, err = ringbuf.NewReader(s.objs.PassEvents); err != nil {
+		return nil, fmt.Errorf("%w: open ring buffer: %w", ErrUnsupported, err)
+	}
+	if s.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	if s.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(s.wakefd)}
+	if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, s.wakefd, &ev); err != nil {
+		return nil, fmt.Errorf("epoll_ctl add eventfd: %w", err)
+	}
+	s.loops.Add(2)
+	go s.epollLoop()
+	go s.eventLoop()
+	return s, nil
 }
 
-func (s *Splicer) Name() string                                  { return "sockmap" }
-func (s *Splicer) Adopt(c *net.TCPConn) (*dataplane.Conn, error) { return dataplane.NewConn(c), nil }
-func (s *Splicer) Splice(client, backend *dataplane.Conn) error  { return errors.New("todo") }
-func (s *Splicer) Release(c *dataplane.Conn)                     { c.Close() }
-func (s *Splicer) Stats() dataplane.Stats                        { return dataplane.Stats{Dataplane: "sockmap"} }
-func (s *Splicer) Close() error                                  { return nil }
+// release undoes New: programs detached, maps and fds closed.
+func (s *Splicer) release() {
+	if s.events != nil {
+		s.events.Close()
+	}
+	if s.wakefd >= 0 {
+		unix.Write(s.wakefd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	}
+	s.loops.Wait()
+	if s.objs.SockHash != nil && s.objs.WspliceVerdict != nil {
+		// Errors are expected when the attach itself failed.
+		_ = link.RawDetachProgram(link.RawDetachProgramOptions{
+			Target:  s.objs.SockHash.FD(),
+			Program: s.objs.WspliceVerdict,
+			Attach:  ebpf.AttachSkSKBStreamVerdict,
+		})
+	}
+	s.objs.Close()
+	if s.epfd >= 0 {
+		unix.Close(s.epfd)
+	}
+	if s.wakefd >= 0 {
+		unix.Close(s.wakefd)
+	}
+}
+
+// Name implements dataplane.Dataplane.
+func (s *Splicer) Name() string { return "sockmap" }
+
+// Stats implements dataplane.Dataplane. It walks the maps, so it costs
+// O(sockets); it serves tests and the admin endpoint, not the data path.
+func (s *Splicer) Stats() dataplane.Stats {
+	st := dataplane.Stats{
+		Dataplane:      s.Name(),
+		Spliced:        s.spliced.Load(),
+		SplicedTotal:   s.splicedTotal.Load(),
+		BytesUserspace: s.bytesUser.Load(),
+		BytesKernel:    s.bytesKernel.Load(),
+	}
+	var (
+		key uint64
+		val wspliceConnStats
+		raw []byte
+	)
+	it := s.objs.StatsMap.Iterate()
+	for it.Next(&key, &val) {
+		st.BytesKernel += val.Redirected
+	}
+	it = s.objs.SockHash.Iterate()
+	for it.Next(&key, &raw) {
+		st.MapEntries++
+	}
+	if s.fallback != nil {
+		fb := s.fallback.Stats()
+		st.Spliced += fb.Spliced
+		st.SplicedTotal += fb.SplicedTotal
+		st.BytesUserspace += fb.BytesUserspace
+	}
+	return st
+}
+
+// eventLoop reads the verdict's notices that a spliced socket has started
+// passing bytes, and starts draining that socket.
+func (s *Splicer) eventLoop() {
+	defer s.loops.Done()
+	for {
+		rec, err := s.events.Read()
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				s.log.Error().Err(err).Msg("ring buffer read failed; backpressure notices stop")
+			}
+			return
+		}
+		if len(rec.RawSample) < 8 {
+			continue
+		}
+		cookie := binary.LittleEndian.Uint64(rec.RawSample)
+		s.mu.Lock()
+		sk := s.socks[cookie]
+		s.mu.Unlock()
+		if sk != nil && sk.pair != nil {
+			s.kick(sk, 0)
+		}
+	}
+}
+
+// epollLoop watches spliced sockets for FIN (EPOLLRDHUP), errors and
+// hang-ups. In steady state it never wakes: EPOLLIN is not in the mask, so
+// the wake-ups each redirected segment causes on the source socket are
+// filtered out by epoll.
+func (s *Splicer) epollLoop() {
+	defer s.loops.Done()
+	events := make([]unix.EpollEvent, 128)
+	for {
+		n, err := unix.EpollWait(s.epfd, events, -1)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			s.log.Error().Err(err).Msg("epoll_wait failed; close detection stops")
+			return
+		}
+		for _, ev := range events[:n] {
+			if ev.Fd == int32(s.wakefd) {
+				return
+			}
+			s.mu.Lock()
+			sk := s.byFD[ev.Fd]
+			s.mu.Unlock()
+			if sk != nil {
+				s.kick(sk, ev.Events)
+			}
+		}
+	}
+}

@@ -1,0 +1,360 @@
+package loader
+
+import (
+	"errors"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// errPairClosed stops a drain whose pair was closed under it.
+var errPairClosed = errors.New("pair closed")
+
+// kick reacts to an event on a spliced socket: a pass notice from the
+// verdict (events == 0), or FIN/error/hang-up from epoll. At most one
+// drain goroutine reads a socket at a time.
+func (s *Splicer) kick(sk *sock, events uint32) {
+	p := sk.pair
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	if sk.eof {
+		// FIN already passed on: only an error (RST) or the end of the
+		// other direction matter now. Syscalls on fds happen under p.mu
+		// while the pair is open, so they never hit a reused fd number.
+		failed := events&unix.EPOLLERR != 0 || sockError(sk.fd) != nil
+		both := sk.peer.eof
+		if !failed && !both {
+			s.rearm(sk, true)
+		}
+		p.mu.Unlock()
+		switch {
+		case failed:
+			s.abort(p, sk)
+		case both:
+			s.closePair(p, false)
+		}
+		return
+	}
+	if sk.draining {
+		sk.again = true
+		p.mu.Unlock()
+		return
+	}
+	sk.draining = true
+	p.users++
+	s.drains.Add(1)
+	p.mu.Unlock()
+	go s.drain(sk)
+}
+
+// drain is the slow path of one direction, src to src.peer: it forwards
+// the bytes the verdict passed to src's own receive queue (the peer was
+// full, or userspace still had passed bytes), then hands the direction
+// back to the kernel; on FIN it propagates the half-close once every byte
+// is in the peer; on error it propagates RST.
+func (s *Splicer) drain(src *sock) {
+	p := src.pair
+	defer s.drains.Done()
+	defer s.leave(p)
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	dst := src.peer
+	for {
+		// Bytes redirected earlier may still wait in the peer's psock
+		// queue; ours must land after them.
+		if err := s.waitPeer(src); err != nil {
+			return
+		}
+		n, err := unix.Read(src.fd, buf)
+		switch {
+		case n > 0:
+			if err := s.writeAll(p, dst.fd, buf[:n]); err != nil {
+				if !errors.Is(err, errPairClosed) {
+					s.abort(p, dst)
+				}
+				return
+			}
+			src.consumed += uint64(n)
+			dst.written += uint64(n)
+			s.bytesUser.Add(uint64(n))
+			if err := s.putCtl(src); err != nil {
+				s.log.Error().Err(err).Msg("update ctl after slow-path write")
+				s.abort(p, src)
+				return
+			}
+		case n == 0 && err == nil:
+			if s.finish(src) {
+				return
+			}
+		case errors.Is(err, unix.EAGAIN):
+			done, err := s.episodeDone(src)
+			if err != nil {
+				s.log.Error().Err(err).Msg("read pass counters")
+				s.abort(p, src)
+				return
+			}
+			if !done {
+				// Passed bytes are counted just before they are queued.
+				time.Sleep(50 * time.Microsecond)
+				continue
+			}
+			p.mu.Lock()
+			if src.again && !p.closed {
+				src.again = false
+				p.mu.Unlock()
+				continue
+			}
+			src.draining = false
+			if !p.closed {
+				s.rearm(src, false)
+			}
+			p.mu.Unlock()
+			return
+		case errors.Is(err, unix.EINTR):
+		default:
+			if p.isClosed() {
+				return
+			}
+			s.abort(p, src)
+			return
+		}
+	}
+}
+
+// episodeDone reports whether userspace has forwarded every passed byte.
+// It then bumps the epoch so the verdict announces the next pass, and
+// checks again: a byte passed before the bump was not announced.
+func (s *Splicer) episodeDone(src *sock) (bool, error) {
+	var st wspliceConnStats
+	if err := s.objs.StatsMap.Lookup(src.cookie, &st); err != nil {
+		return false, err
+	}
+	if st.Passed != src.consumed {
+		return false, nil
+	}
+	src.epoch++
+	if err := s.putCtl(src); err != nil {
+		return false, err
+	}
+	if err := s.objs.StatsMap.Lookup(src.cookie, &st); err != nil {
+		return false, err
+	}
+	return st.Passed == src.consumed, nil
+}
+
+func (s *Splicer) putCtl(sk *sock) error {
+	return s.objs.CtlMap.Put(sk.cookie, wspliceConnCtl{
+		Peer:     sk.peer.cookie,
+		Consumed: sk.consumed,
+		Epoch:    sk.epoch,
+		Mode:     modeRedirect,
+	})
+}
+
+// finish handles FIN read from src. The FIN must reach the peer only after
+// every byte before it (KERNEL-NOTES 3): every byte src received has been
+// through the verdict, userspace has forwarded every passed byte, and the
+// peer holds everything redirected. It reports false when passed bytes are
+// still to be read.
+func (s *Splicer) finish(src *sock) bool {
+	p := src.pair
+	dst := src.peer
+	deadline := time.Now().Add(2 * time.Second)
+	var st wspliceConnStats
+	for {
+		if err := s.objs.StatsMap.Lookup(src.cookie, &st); err != nil {
+			s.abort(p, src)
+			return true
+		}
+		ti, err := unix.GetsockoptTCPInfo(src.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			s.abort(p, src)
+			return true
+		}
+		// tcpi_bytes_received counts the FIN as one byte (KERNEL-NOTES 13).
+		if st.Passed+st.Redirected+1 >= ti.Bytes_received {
+			break
+		}
+		if time.Now().After(deadline) {
+			s.log.Warn().Uint64("verdicted", st.Passed+st.Redirected).
+				Uint64("received", ti.Bytes_received).Msg("verdict did not see every byte before FIN")
+			break
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+	if st.Passed != src.consumed {
+		return false
+	}
+	if err := s.waitPeer(src); err != nil {
+		return true
+	}
+	if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil {
+		s.closePair(p, false)
+		return true
+	}
+	p.mu.Lock()
+	src.eof = true
+	src.draining = false
+	both := dst.eof
+	if !both && !p.closed {
+		s.rearm(src, true)
+	}
+	p.mu.Unlock()
+	if both {
+		s.closePair(p, false)
+	}
+	return true
+}
+
+// waitPeer waits until every byte redirected from src has been written
+// into the peer socket: what the peer was given (acked + still queued)
+// equals what userspace wrote into it plus what the verdict redirected.
+// Reading bytes_acked before SIOCOUTQ can only under-count, so equality
+// is never reported early.
+func (s *Splicer) waitPeer(src *sock) error {
+	dst := src.peer
+	backoff := 20 * time.Microsecond
+	for {
+		if src.pair.isClosed() {
+			return errPairClosed
+		}
+		var st wspliceConnStats
+		if err := s.objs.StatsMap.Lookup(src.cookie, &st); err != nil {
+			return err
+		}
+		given, err := bytesGiven(dst.fd)
+		if err != nil {
+			return err
+		}
+		if given >= dst.written+st.Redirected {
+			return nil
+		}
+		time.Sleep(backoff)
+		backoff = min(backoff*2, 20*time.Millisecond)
+	}
+}
+
+// bytesGiven is the number of bytes ever written into a TCP socket.
+func bytesGiven(fd int) (uint64, error) {
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0, err
+	}
+	outq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return 0, err
+	}
+	return ti.Bytes_acked + uint64(outq), nil
+}
+
+// writeAll writes b to a non-blocking socket, waiting while it is full.
+func (s *Splicer) writeAll(p *pair, fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if n > 0 {
+			b = b[n:]
+		}
+		switch {
+		case err == nil, errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.EAGAIN):
+			if p.isClosed() {
+				return errPairClosed
+			}
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			_, _ = unix.Poll(pfd, 100)
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+// rearm re-enables epoll for sk: FIN and errors, or only errors after FIN.
+func (s *Splicer) rearm(sk *sock, afterFIN bool) {
+	ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(sk.fd)}
+	if afterFIN {
+		ev.Events = unix.EPOLLONESHOT // EPOLLERR and EPOLLHUP are always reported
+	}
+	if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_MOD, sk.fd, &ev); err != nil {
+		s.log.Error().Err(err).Msg("epoll re-arm failed")
+	}
+}
+
+// abort propagates an error on from as a reset of its peer, then closes
+// the pair.
+func (s *Splicer) abort(p *pair, from *sock) {
+	p.mu.Lock()
+	if !p.closed {
+		_ = unix.SetsockoptLinger(from.peer.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	p.mu.Unlock()
+	s.closePair(p, true)
+}
+
+// closePair marks p closed; its fds are closed once no drain uses them,
+// so an fd number is never reused under a running drain.
+func (s *Splicer) closePair(p *pair, reset bool) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	idle := p.users == 0
+	p.mu.Unlock()
+	if reset {
+		s.log.Debug().Msg("spliced pair reset")
+	}
+	if idle {
+		s.releasePair(p)
+	}
+}
+
+// leave is called by a drain goroutine on exit.
+func (s *Splicer) leave(p *pair) {
+	p.mu.Lock()
+	p.users--
+	last := p.users == 0 && p.closed
+	p.mu.Unlock()
+	if last {
+		s.releasePair(p)
+	}
+}
+
+func (s *Splicer) releasePair(p *pair) {
+	s.mu.Lock()
+	delete(s.pairs, p)
+	for _, sk := range p.socks {
+		delete(s.byFD, int32(sk.fd))
+		delete(s.socks, sk.cookie)
+	}
+	s.mu.Unlock()
+	for _, sk := range p.socks {
+		_ = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_DEL, sk.fd, nil)
+		unix.Close(sk.fd) // the kernel drops it from sock_hash
+		s.forget(sk.cookie)
+	}
+	s.spliced.Add(-1)
+}
+
+func (p *pair) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
+// sockError returns the pending socket error (SO_ERROR), if any.
+func sockError(fd int) error {
+	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return err
+	}
+	if v != 0 {
+		return unix.Errno(v)
+	}
+	return nil
+}

@@ -1,0 +1,272 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/wsplice/wsplice/userspace/dataplane"
+)
+
+// Values of conn_ctl.mode (bpf/consts.h).
+const (
+	modePass     = 0
+	modeRedirect = 1
+)
+
+// sock is one adopted socket. Fields below pair are guarded by pair.mu
+// once the socket is spliced.
+type sock struct {
+	cookie uint64
+	conn   *dataplane.Conn // until spliced
+	pair   *pair
+
+	fd       int    // our duplicate of the socket, once spliced
+	peer     *sock  // the other socket of the pair
+	consumed uint64 // bytes read from this socket and written to peer
+	written  uint64 // bytes userspace wrote into this socket
+	epoch    uint32 // drain episodes completed (conn_ctl.epoch)
+	eof      bool   // FIN read from this socket and passed on to peer
+	draining bool   // a drain goroutine owns this socket's reads
+	again    bool   // another event came while draining
+}
+
+// pair is a spliced client/backend pair.
+type pair struct {
+	mu     sync.Mutex
+	socks  [2]*sock // client, backend
+	closed bool
+	users  int // drain goroutines running; fds close when it drops to 0
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// Adopt implements dataplane.Dataplane: the socket enters sock_hash in
+// pass mode before its first byte is read, so every byte it ever receives
+// goes through the verdict and is counted (KERNEL-NOTES 1 and 12). A socket
+// that cannot be inserted is returned with Cookie 0 and later served by the
+// fallback data path.
+func (s *Splicer) Adopt(c *net.TCPConn) (*dataplane.Conn, error) {
+	dc := dataplane.NewConn(c)
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return nil, dataplane.ErrClosed
+	}
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return dc, nil
+	}
+	var cookie uint64
+	var ierr error
+	cerr := raw.Control(func(fd uintptr) {
+		cookie, ierr = s.insert(int(fd))
+	})
+	if cerr != nil || ierr != nil {
+		s.log.Debug().Err(errors.Join(cerr, ierr)).Msg("socket not adopted by the kernel path; it will use the fallback")
+		return dc, nil
+	}
+	dc.Cookie = cookie
+	s.mu.Lock()
+	s.socks[cookie] = &sock{cookie: cookie, conn: dc}
+	s.mu.Unlock()
+	return dc, nil
+}
+
+// insert puts fd into the maps and returns its cookie.
+func (s *Splicer) insert(fd int) (uint64, error) {
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("get SO_COOKIE: %w", err)
+	}
+	// Counters and control first: the verdict passes sockets it does not
+	// know, uncounted.
+	if err := s.objs.StatsMap.Put(cookie, wspliceConnStats{}); err != nil {
+		return 0, fmt.Errorf("insert stats: %w", err)
+	}
+	if err := s.objs.CtlMap.Put(cookie, wspliceConnCtl{Mode: modePass}); err != nil {
+		s.forget(cookie)
+		return 0, fmt.Errorf("insert ctl: %w", err)
+	}
+	if err := s.objs.SockHash.Update(cookie, uint64(fd), ebpf.UpdateAny); err != nil {
+		s.forget(cookie)
+		return 0, fmt.Errorf("insert into sock_hash: %w", err)
+	}
+	// Bytes queued before insertion wait for the next segment unless
+	// something calls sk_data_ready; setting SO_RCVLOWAT does, so they go
+	// through the verdict now (KERNEL-NOTES 1).
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1); err != nil {
+		s.objs.SockHash.Delete(cookie)
+		s.forget(cookie)
+		return 0, fmt.Errorf("set SO_RCVLOWAT: %w", err)
+	}
+	return cookie, nil
+}
+
+// forget removes cookie's control and counters, keeping its redirected
+// byte count.
+func (s *Splicer) forget(cookie uint64) {
+	var st wspliceConnStats
+	if err := s.objs.StatsMap.Lookup(cookie, &st); err == nil {
+		s.bytesKernel.Add(st.Redirected)
+	}
+	_ = s.objs.StatsMap.Delete(cookie)
+	_ = s.objs.CtlMap.Delete(cookie)
+}
+
+// Release implements dataplane.Dataplane.
+func (s *Splicer) Release(c *dataplane.Conn) {
+	c.Close() // closing removes the socket from sock_hash
+	if c.Cookie == 0 {
+		return
+	}
+	s.mu.Lock()
+	delete(s.socks, c.Cookie)
+	s.mu.Unlock()
+	s.forget(c.Cookie)
+}
+
+// Splice implements dataplane.Dataplane.
+func (s *Splicer) Splice(client, backend *dataplane.Conn) error {
+	s.mu.Lock()
+	cs, bs := s.socks[client.Cookie], s.socks[backend.Cookie]
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		s.Release(client)
+		s.Release(backend)
+		return dataplane.ErrClosed
+	}
+	if cs == nil || bs == nil || client.Cookie == 0 || backend.Cookie == 0 {
+		return s.spliceFallback(client, backend)
+	}
+	p := &pair{socks: [2]*sock{cs, bs}}
+	cs.peer, bs.peer = bs, cs
+	for _, sk := range p.socks {
+		fd, err := dupFD(sk.conn.TCPConn)
+		if err != nil {
+			for _, o := range p.socks {
+				if o.fd > 0 {
+					unix.Close(o.fd)
+				}
+			}
+			s.Release(client)
+			s.Release(backend)
+			return fmt.Errorf("duplicate socket fd: %w", err)
+		}
+		sk.fd = fd
+	}
+	for _, sk := range p.socks {
+		sk.consumed = uint64(sk.conn.BytesRead())
+		sk.written = uint64(sk.conn.BytesWritten())
+		// The Go conn goes away (and with it the runtime poller's
+		// registration); the socket lives on through sk.fd.
+		sk.conn.TCPConn.Close()
+		sk.conn = nil
+	}
+	// The pair is published before the verdict may redirect, so that a
+	// pass notice finds it.
+	s.mu.Lock()
+	for _, sk := range p.socks {
+		sk.pair = p
+		s.byFD[int32(sk.fd)] = sk
+	}
+	s.pairs[p] = struct{}{}
+	s.mu.Unlock()
+	s.spliced.Add(1)
+	s.splicedTotal.Add(1)
+
+	for _, sk := range p.socks {
+		ctl := wspliceConnCtl{Peer: sk.peer.cookie, Consumed: sk.consumed, Mode: modeRedirect}
+		if err := s.objs.CtlMap.Put(sk.cookie, ctl); err != nil {
+			s.closePair(p, true)
+			return fmt.Errorf("switch socket to redirect: %w", err)
+		}
+	}
+	for _, sk := range p.socks {
+		ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(sk.fd)}
+		if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, sk.fd, &ev); err != nil {
+			s.closePair(p, true)
+			return fmt.Errorf("epoll_ctl add: %w", err)
+		}
+	}
+	// Bytes that arrived between the handshake's last read and the switch
+	// were passed without a notice: drain them now if there are any.
+	for _, sk := range p.socks {
+		var st wspliceConnStats
+		if err := s.objs.StatsMap.Lookup(sk.cookie, &st); err == nil && st.Passed != sk.consumed {
+			s.kick(sk, 0)
+		}
+	}
+	return nil
+}
+
+// spliceFallback hands a pair the kernel path cannot take to the fallback.
+func (s *Splicer) spliceFallback(client, backend *dataplane.Conn) error {
+	if s.fallback == nil {
+		s.Release(client)
+		s.Release(backend)
+		return fmt.Errorf("%w: socket not in sock_hash and no fallback", ErrUnsupported)
+	}
+	// The sockets stay in sock_hash until they close; without control
+	// entries the verdict passes every byte to them, which is what the
+	// fallback needs.
+	for _, c := range []*dataplane.Conn{client, backend} {
+		if c.Cookie != 0 {
+			s.mu.Lock()
+			delete(s.socks, c.Cookie)
+			s.mu.Unlock()
+			s.forget(c.Cookie)
+		}
+	}
+	s.log.Debug().Msg("pair served by the fallback data path")
+	return s.fallback.Splice(client, backend)
+}
+
+// dupFD returns a duplicate of c's socket fd (sharing O_NONBLOCK).
+func dupFD(c *net.TCPConn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	var derr error
+	if err := raw.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	return nfd, derr
+}
+
+// Close implements dataplane.Dataplane: spliced pairs are closed (their
+// sockets send FIN after what is queued), the program is detached and
+// every map is freed.
+func (s *Splicer) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	pairs := make([]*pair, 0, len(s.pairs))
+	for p := range s.pairs {
+		pairs = append(pairs, p)
+	}
+	s.mu.Unlock()
+	for _, p := range pairs {
+		s.closePair(p, false)
+	}
+	var err error
+	if s.fallback != nil {
+		err = s.fallback.Close()
+	}
+	s.drains.Wait()
+	s.release()
+	return err
+}

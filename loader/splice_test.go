@@ -1,0 +1,493 @@
+package loader
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/wsplice/wsplice/userspace/dataplane"
+)
+
+// requirePriv skips a test that needs root, or fails it when
+// WSPLICE_REQUIRE_PRIV=1 (CI runs as root and must not skip).
+func requirePriv(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("WSPLICE_REQUIRE_PRIV") == "1" {
+		t.Fatal("WSPLICE_REQUIRE_PRIV=1 but not root: the kernel path tests cannot run")
+	}
+	t.Skip("needs root (CAP_BPF, CAP_NET_ADMIN): run with sudo go test ./loader/")
+}
+
+func newSplicer(t testing.TB) *Splicer {
+	t.Helper()
+	requirePriv(t)
+	s, err := New(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), Options{})
+	if err != nil {
+		t.Fatalf("load kernel path: %+v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("close splicer: %v", err)
+		}
+	})
+	return s
+}
+
+// harness is a miniature wsplice: it accepts a client, reads one line
+// ("handshake"), dials the backend, forwards the line, reads the backend's
+// reply line, relays it, flushes what the buffered readers read past the
+// lines, then splices. It reproduces the ordering hazards of the real
+// handshake (KERNEL-NOTES 1 and 12).
+type harness struct {
+	t       testing.TB
+	s       *Splicer
+	ln      net.Listener
+	backend string
+	wg      sync.WaitGroup
+}
+
+func newHarness(t testing.TB, s *Splicer, backend string) *harness {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, s: s, ln: ln, backend: backend}
+	h.wg.Add(1)
+	go h.serve()
+	t.Cleanup(func() { ln.Close(); h.wg.Wait() })
+	return h
+}
+
+func (h *harness) addr() string { return h.ln.Addr().String() }
+
+func (h *harness) serve() {
+	defer h.wg.Done()
+	for {
+		c, err := h.ln.Accept()
+		if err != nil {
+			return
+		}
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			if err := h.handle(c.(*net.TCPConn)); err != nil {
+				h.t.Errorf("harness: %v", err)
+			}
+		}()
+	}
+}
+
+func (h *harness) handle(tc *net.TCPConn) error {
+	client, err := h.s.Adopt(tc)
+	if err != nil {
+		return err
+	}
+	cr := bufio.NewReader(client)
+	line, err := cr.ReadBytes('\n')
+	if err != nil {
+		h.s.Release(client)
+		return nil // client went away during the handshake
+	}
+	bc, err := net.Dial("tcp", h.backend)
+	if err != nil {
+		h.s.Release(client)
+		return err
+	}
+	backend, err := h.s.Adopt(bc.(*net.TCPConn))
+	if err != nil {
+		return err
+	}
+	br := bufio.NewReader(backend)
+	if _, err := backend.Write(line); err != nil {
+		return err
+	}
+	reply, err := br.ReadBytes('\n')
+	if err != nil {
+		return fmt.Errorf("backend reply: %w", err)
+	}
+	if _, err := client.Write(reply); err != nil {
+		return err
+	}
+	if err := flush(br, client); err != nil {
+		return err
+	}
+	if err := flush(cr, backend); err != nil {
+		return err
+	}
+	return h.s.Splice(client, backend)
+}
+
+func flush(r *bufio.Reader, w io.Writer) error {
+	b, _ := r.Peek(r.Buffered())
+	_, err := w.Write(b)
+	return err
+}
+
+// backendServer runs fn for every connection after answering its line.
+func backendServer(t testing.TB, greet string, fn func(c *net.TCPConn, r *bufio.Reader)) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				r := bufio.NewReader(c)
+				if _, err := r.ReadBytes('\n'); err != nil {
+					return
+				}
+				if _, err := c.Write([]byte(greet)); err != nil {
+					return
+				}
+				fn(c.(*net.TCPConn), r)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// echo copies everything back and half-closes after EOF.
+func echo(c *net.TCPConn, r *bufio.Reader) {
+	io.Copy(c, r)
+	c.CloseWrite()
+	io.Copy(io.Discard, c)
+}
+
+func dialHarness(t testing.TB, h *harness, pre []byte) (*net.TCPConn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", h.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write(append([]byte("HELLO\n"), pre...)); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	return c.(*net.TCPConn), r
+}
+
+func pattern(n int, seed uint64) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func TestSpliceEchoInKernel(t *testing.T) {
+	s := newSplicer(t)
+	h := newHarness(t, s, backendServer(t, "WELCOME\n", echo))
+	// Bytes pipelined behind the client's handshake line must arrive.
+	c, r := dialHarness(t, h, []byte("early"))
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	got, err := r.ReadString('\n')
+	if err != nil || got != "WELCOME\n" {
+		t.Fatalf("greeting = %q, %v", got, err)
+	}
+	early := make([]byte, 5)
+	if _, err := io.ReadFull(r, early); err != nil || string(early) != "early" {
+		t.Fatalf("pipelined bytes = %q, %v", early, err)
+	}
+	waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 1 && st.MapEntries == 2 })
+	msg := pattern(8<<20, 1)
+	go func() { c.Write(msg) }()
+	back := make([]byte, len(msg))
+	if _, err := io.ReadFull(r, back); err != nil {
+		t.Fatalf("read echo: %v", err)
+	}
+	if !bytes.Equal(back, msg) {
+		t.Fatal("echoed bytes differ")
+	}
+	st := s.Stats()
+	if st.MapEntries != 2 {
+		t.Fatalf("map entries during transfer = %d, want 2", st.MapEntries)
+	}
+	// Both directions ran through the verdict's redirect.
+	if st.BytesKernel < uint64(len(msg)) {
+		t.Fatalf("bytes_kernel = %d, want at least %d (the kernel path was not used)", st.BytesKernel, len(msg))
+	}
+	c.CloseWrite()
+	if n, err := io.Copy(io.Discard, r); err != nil || n != 0 {
+		t.Fatalf("after half-close: %d bytes, %v; want EOF", n, err)
+	}
+	waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 0 && st.MapEntries == 0 })
+}
+
+// The backend sends bytes in the same segment as its greeting: they must
+// arrive once, after it (KERNEL-NOTES 12: a naive proxy duplicates them).
+func TestSpliceBackendBytesBehindGreeting(t *testing.T) {
+	s := newSplicer(t)
+	h := newHarness(t, s, backendServer(t, "WELCOME\nframe-1", func(c *net.TCPConn, r *bufio.Reader) {
+		c.Write([]byte("frame-2"))
+		echo(c, r)
+	}))
+	for i := 0; i < 50; i++ {
+		c, r := dialHarness(t, h, nil)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		want := "WELCOME\nframe-1frame-2ping"
+		c.Write([]byte("ping"))
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(r, got); err != nil || string(got) != want {
+			t.Fatalf("run %d: got %q, %v; want %q", i, got, err, want)
+		}
+		c.CloseWrite()
+		if rest, _ := io.ReadAll(r); len(rest) != 0 {
+			t.Fatalf("run %d: extra bytes %q", i, rest)
+		}
+		c.Close()
+	}
+}
+
+// A client sends tens of MiB and half-closes: the backend must get every
+// byte before EOF, then its own answer must reach the client before EOF
+// (KERNEL-NOTES 3: a naive FIN truncates what is still queued).
+func TestSpliceHalfCloseDeliversEverything(t *testing.T) {
+	s := newSplicer(t)
+	const size = 48 << 20
+	type result struct {
+		sum [32]byte
+		n   int64
+	}
+	got := make(chan result, 1)
+	h := newHarness(t, s, backendServer(t, "OK\n", func(c *net.TCPConn, r *bufio.Reader) {
+		hash := sha256.New()
+		n, _ := io.Copy(hash, r)
+		var res result
+		copy(res.sum[:], hash.Sum(nil))
+		res.n = n
+		got <- res
+		c.Write(pattern(size, 7))
+		c.CloseWrite()
+	}))
+	c, r := dialHarness(t, h, nil)
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
+		t.Fatalf("greeting %q %v", line, err)
+	}
+	msg := pattern(size, 3)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	res := <-got
+	if res.n != size || res.sum != sha256.Sum256(msg) {
+		t.Fatalf("backend got %d bytes (want %d), hash match %v", res.n, size, res.sum == sha256.Sum256(msg))
+	}
+	back, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("client read: %v", err)
+	}
+	if !bytes.Equal(back, pattern(size, 7)) {
+		t.Fatalf("client got %d bytes, want %d intact", len(back), size)
+	}
+}
+
+// A backend reset reaches the client as a reset or EOF within a second.
+func TestSpliceResetPropagates(t *testing.T) {
+	s := newSplicer(t)
+	h := newHarness(t, s, backendServer(t, "OK\n", func(c *net.TCPConn, r *bufio.Reader) {
+		time.Sleep(200 * time.Millisecond)
+		c.SetLinger(0)
+		c.Close()
+	}))
+	c, r := dialHarness(t, h, nil)
+	c.SetDeadline(time.Now().Add(1500 * time.Millisecond))
+	start := time.Now()
+	_, err := io.ReadAll(r)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("client not closed after backend reset")
+	}
+	if d := time.Since(start); d > 1200*time.Millisecond {
+		t.Fatalf("close took %v", d)
+	}
+}
+
+// A client that does not read while the backend pushes 100 MiB: the
+// kernel must not buffer it (KERNEL-NOTES 4); the backend stalls.
+func TestSpliceBackpressure(t *testing.T) {
+	s := newSplicer(t)
+	const total = 100 << 20
+	var mu sync.Mutex
+	pushed := 0
+	h := newHarness(t, s, backendServer(t, "OK\n", func(c *net.TCPConn, r *bufio.Reader) {
+		buf := pattern(64<<10, 9)
+		for pushed < total {
+			n, err := c.Write(buf)
+			mu.Lock()
+			pushed += n
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+		c.CloseWrite()
+	}))
+	c, r := dialHarness(t, h, nil)
+	before := memAvailable(t)
+	time.Sleep(3 * time.Second)
+	mu.Lock()
+	p := pushed
+	mu.Unlock()
+	after := memAvailable(t)
+	t.Logf("backend pushed %d KiB while client read nothing; MemAvailable fell %d KiB", p>>10, (before-after)>>10)
+	if p > 32<<20 {
+		t.Fatalf("backend pushed %d MiB into a client that reads nothing: no backpressure", p>>20)
+	}
+	if before-after > 64<<20 {
+		t.Fatalf("MemAvailable fell by %d MiB", (before-after)>>20)
+	}
+	// Now read: everything arrives intact, in order.
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
+		t.Fatalf("greeting %q %v", line, err)
+	}
+	want := pattern(64<<10, 9)
+	buf := make([]byte, len(want))
+	for off := 0; off < total; off += len(want) {
+		if _, err := io.ReadFull(r, buf); err != nil {
+			t.Fatalf("at %d: %v", off, err)
+		}
+		if !bytes.Equal(buf, want) {
+			t.Fatalf("corrupt chunk at offset %d", off)
+		}
+	}
+	if st := s.Stats(); st.BytesUserspace == 0 {
+		t.Logf("no byte took the slow path (%+v)", st)
+	}
+}
+
+// Connections come and go; afterwards maps, fds and goroutines are back.
+func TestSpliceChurnLeavesNothing(t *testing.T) {
+	s := newSplicer(t)
+	h := newHarness(t, s, backendServer(t, "OK\n", echo))
+	n := 10000
+	if testing.Short() {
+		n = 500
+	}
+	baseG := runtime.NumGoroutine()
+	baseFD := openFDs(t)
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	var failed sync.Once
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := oneEcho(h.addr()); err != nil {
+				failed.Do(func() { t.Errorf("connection: %v", err) })
+			}
+		}()
+	}
+	wg.Wait()
+	waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 0 && st.MapEntries == 0 })
+	var key uint64
+	var ctl wspliceConnCtl
+	if s.objs.CtlMap.Iterate().Next(&key, &ctl) {
+		t.Fatalf("ctl_map still holds cookie %d", key)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		// Go keeps splice(2) pipes in a sync.Pool; a GC frees them.
+		runtime.GC()
+		g, fds := runtime.NumGoroutine(), openFDs(t)
+		if g <= baseG+2 && fds <= baseFD+2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines %d (baseline %d), fds %d (baseline %d)", g, baseG, fds, baseFD)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := s.Stats(); st.SplicedTotal != uint64(n) {
+		t.Fatalf("spliced_total = %d, want %d", st.SplicedTotal, n)
+	}
+}
+
+func oneEcho(addr string) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("HELLO\nping")); err != nil {
+		return err
+	}
+	want := "OK\nping"
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != want {
+		return fmt.Errorf("got %q, %v", got, err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		return fmt.Errorf("after half-close: %q, %v", rest, err)
+	}
+	return nil
+}
+
+func waitStats(t testing.TB, s *Splicer, ok func(dataplane.Stats) bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := s.Stats()
+		if ok(st) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats never reached the expected state: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func openFDs(t testing.TB) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func memAvailable(t testing.TB) int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kb int64
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if bytes.HasPrefix(line, []byte("MemAvailable:")) {
+			fmt.Sscanf(string(line), "MemAvailable: %d kB", &kb)
+		}
+	}
+	return kb << 10
+}
