@@ -1,0 +1,188 @@
+// Command wsplice is a WebSocket load balancer: it accepts clients, runs
+// the HTTP/1.1 Upgrade handshake with a backend and splices the two TCP
+// streams, in the kernel (sockmap) when it can.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/wsplice/wsplice/loader"
+	"github.com/wsplice/wsplice/userspace/dataplane"
+	"github.com/wsplice/wsplice/userspace/proxy"
+)
+
+// version is set at link time (-ldflags "-X main.version=...").
+var version = ""
+
+func main() { os.Exit(exitCode(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr), os.Stderr)) }
+
+// usageError is a bad command line: exit code 2, as flag.ExitOnError does.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// exitCode prints err, if any, and maps it to the process exit code.
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "wsplice: %v\n", err)
+	var uerr usageError
+	if errors.As(err, &uerr) {
+		fmt.Fprintln(stderr, "Run 'wsplice --help' for usage.")
+		return 2
+	}
+	return 1
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+// options is the parsed command line.
+type options struct {
+	cfg       proxy.Config
+	dataplane string
+	logLevel  zerolog.Level
+	logFormat string
+	version   bool
+}
+
+func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("wsplice", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var listen, backends listFlag
+	var level string
+	fs.Var(&listen, "listen", "`address` to accept clients on; repeatable (default "+proxy.DefaultListen+")")
+	fs.Var(&backends, "backend", "backend `host:port`; repeatable")
+	fs.StringVar(&o.dataplane, "dataplane", "auto", "data path: auto, sockmap or userspace")
+	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or console")
+	fs.DurationVar(&o.cfg.HeaderTimeout, "header-timeout", proxy.DefaultHeaderTimeout, "time allowed to send a request head, and keep-alive idle time")
+	fs.IntVar(&o.cfg.MaxHeaderBytes, "max-header-bytes", proxy.DefaultMaxHeaderBytes, "largest request head accepted (larger get 431)")
+	fs.StringVar(&o.cfg.Admin, "admin", "", "`address` of the admin HTTP server with /debug/stats (default off)")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(stdout, "Usage: wsplice [flags]\n\nwsplice is a WebSocket load balancer: it runs the HTTP/1.1 Upgrade handshake\nwith a backend, then splices client and backend in the kernel (sockmap) or in\nuserspace. Plain HTTP requests are reverse-proxied.\n\nFlags:\n")
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.Usage()
+			return nil, true, nil
+		}
+		return nil, false, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return nil, false, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	if o.version {
+		return o, false, nil
+	}
+	switch o.dataplane {
+	case "auto", "sockmap", "userspace":
+	default:
+		return nil, false, usageError{fmt.Errorf("invalid --dataplane %q: want auto, sockmap or userspace", o.dataplane)}
+	}
+	switch level {
+	case "debug", "info", "warn", "error":
+		o.logLevel, _ = zerolog.ParseLevel(level)
+	default:
+		return nil, false, usageError{fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", level)}
+	}
+	switch o.logFormat {
+	case "json", "console":
+	default:
+		return nil, false, usageError{fmt.Errorf("invalid --log-format %q: want json or console", o.logFormat)}
+	}
+	if o.cfg.HeaderTimeout <= 0 {
+		return nil, false, usageError{fmt.Errorf("invalid --header-timeout %v: must be positive", o.cfg.HeaderTimeout)}
+	}
+	o.cfg.Listen, o.cfg.Backends = listen, backends
+	if err := o.cfg.Validate(); err != nil {
+		return nil, false, usageError{err}
+	}
+	return o, false, nil
+}
+
+func newLogger(o *options, stderr io.Writer) zerolog.Logger {
+	w := stderr
+	if o.logFormat == "console" {
+		w = zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.RFC3339, NoColor: true}
+	}
+	return zerolog.New(w).Level(o.logLevel).With().Timestamp().Logger()
+}
+
+// run is the whole program: parse args, build the data plane, serve until
+// SIGINT or SIGTERM (or ctx is done), then close the data plane.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, help, err := parseFlags(args, stdout)
+	if err != nil || help {
+		return err
+	}
+	if o.version {
+		fmt.Fprintln(stdout, "wsplice", buildVersion())
+		return nil
+	}
+	log := newLogger(o, stderr)
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	dp, err := newDataplane(o.dataplane, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := dp.Close(); err != nil {
+			log.Error().Err(err).Msg("close data plane")
+		}
+	}()
+	if err := proxy.Run(ctx, o.cfg, dp, log); err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	log.Info().Msg("wsplice stopped")
+	return nil
+}
+
+func newDataplane(mode string, log zerolog.Logger) (dataplane.Dataplane, error) {
+	if mode == "userspace" {
+		return dataplane.NewUserspace(log), nil
+	}
+	s, err := loader.New(log, loader.Options{})
+	if err == nil {
+		return s, nil
+	}
+	if mode == "sockmap" {
+		return nil, fmt.Errorf("sockmap data path: %w", err)
+	}
+	log.Warn().Err(err).Msg("sockmap data path unavailable, using userspace")
+	return dataplane.NewUserspace(log), nil
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}

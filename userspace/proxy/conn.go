@@ -1,0 +1,278 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wsplice/wsplice/userspace/dataplane"
+	"github.com/wsplice/wsplice/userspace/http1"
+	"github.com/wsplice/wsplice/userspace/websocket"
+)
+
+// Timings of the close after an error answer.
+const (
+	// lingerTimeout and lingerBytes bound how long and how much a closing
+	// connection is drained after an error answer: closing with unread
+	// input sends a RST that can destroy the answer before the client
+	// reads it (net/http does the same).
+	lingerTimeout = 500 * time.Millisecond
+	lingerBytes   = 256 << 10
+)
+
+// clientConn is one accepted client connection, served by one goroutine
+// until it is closed or handed to the data plane.
+type clientConn struct {
+	p    *Proxy
+	conn *dataplane.Conn
+	// idle is set while waiting for a request head; shutdown closes
+	// idle connections at once.
+	idle atomic.Bool
+
+	br *bufio.Reader
+	bw *bufio.Writer
+	// wmu orders the "100 Continue" a request body may send against the
+	// response head.
+	wmu       sync.Mutex
+	responded bool
+
+	served  int // requests answered on this connection
+	spliced bool
+}
+
+func (cc *clientConn) serve() {
+	p := cc.p
+	defer p.wg.Done()
+	cc.br = p.readers.Get().(*bufio.Reader)
+	cc.br.Reset(cc.conn)
+	cc.bw = p.writers.Get().(*bufio.Writer)
+	cc.bw.Reset(cc.conn)
+	debug := p.log.Debug().Enabled()
+	if debug {
+		p.log.Debug().Stringer("remote", cc.conn.RemoteAddr()).Stringer("local", cc.conn.LocalAddr()).Msg("connection accepted")
+	}
+	defer func() {
+		cc.br.Reset(nil)
+		p.readers.Put(cc.br)
+		cc.bw.Reset(nil)
+		p.writers.Put(cc.bw)
+		if !cc.spliced {
+			p.forget(cc)
+			p.dp.Release(cc.conn)
+		}
+		if debug {
+			p.log.Debug().Stringer("remote", cc.conn.RemoteAddr()).Int("requests", cc.served).Bool("spliced", cc.spliced).
+				Int64("bytes_read", cc.conn.BytesRead()).Int64("bytes_written", cc.conn.BytesWritten()).Msg("connection done")
+		}
+	}()
+	for {
+		cc.idle.Store(true)
+		if p.shuttingDown.Load() {
+			return
+		}
+		if !cc.serveOne() {
+			return
+		}
+		cc.served++
+	}
+}
+
+// serveOne reads one request head and answers it. It reports whether the
+// connection stays open for another request.
+func (cc *clientConn) serveOne() bool {
+	p := cc.p
+	_ = cc.conn.SetReadDeadline(time.Now().Add(p.cfg.HeaderTimeout))
+	if _, err := cc.br.Peek(1); err != nil {
+		// Nothing sent: an idle keep-alive connection just closes; a new
+		// connection that stays silent gets its 408.
+		if isTimeout(err) && cc.served == 0 {
+			p.handshakes.Add(1)
+			p.handshakeErrors.Add(1)
+			cc.fail(http.StatusRequestTimeout, "timed out waiting for the request head", nil)
+		}
+		return false
+	}
+	cc.idle.Store(false)
+	req, err := http1.ReadRequestHead(cc.br, p.cfg.MaxHeaderBytes)
+	if err != nil {
+		p.handshakes.Add(1)
+		p.handshakeErrors.Add(1)
+		var herr *http1.Error
+		switch {
+		case errors.As(err, &herr):
+			cc.fail(herr.Status, herr.Reason, nil)
+		case isTimeout(err):
+			cc.fail(http.StatusRequestTimeout, "timed out reading the request head", nil)
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			// The client gave up half-way; nobody to answer.
+		}
+		if p.log.Debug().Enabled() {
+			p.log.Debug().Err(err).Stringer("remote", cc.conn.RemoteAddr()).Msg("bad request head")
+		}
+		return false
+	}
+	_ = cc.conn.SetReadDeadline(time.Time{})
+	if req.Method == "CONNECT" {
+		cc.fail(http.StatusMethodNotAllowed, "CONNECT is not supported", nil)
+		return false
+	}
+	if websocket.IsUpgrade(req.Header) {
+		return cc.upgrade(req)
+	}
+	return cc.plain(req)
+}
+
+// fail answers with a short text error and closes the connection.
+func (cc *clientConn) fail(status int, msg string, extra http1.Header) {
+	body := msg + "\n"
+	b := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n",
+		status, http.StatusText(status), len(body))
+	for _, f := range extra {
+		b = fmt.Appendf(b, "%s: %s\r\n", f.Name, f.Value)
+	}
+	b = append(b, "\r\n"...)
+	b = append(b, body...)
+	cc.wmu.Lock()
+	cc.responded = true
+	cc.wmu.Unlock()
+	_ = cc.conn.SetWriteDeadline(time.Now().Add(cc.p.cfg.HeaderTimeout))
+	if _, err := cc.conn.Write(b); err != nil {
+		return
+	}
+	cc.lingerClose()
+}
+
+// lingerClose sends FIN and drains what the client still sends, briefly,
+// so the answer is not destroyed by a RST. The caller releases the conn.
+func (cc *clientConn) lingerClose() {
+	_ = cc.conn.CloseWrite()
+	_ = cc.conn.SetReadDeadline(time.Now().Add(lingerTimeout))
+	_, _ = io.CopyN(io.Discard, cc.conn, lingerBytes)
+}
+
+// dialBackend connects to addr and adopts the connection before any I/O.
+func (p *Proxy) dialBackend(addr string) (*dataplane.Conn, error) {
+	c, err := p.dialer.DialContext(p.force, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial backend %s: %w", addr, err)
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		_ = c.Close()
+		return nil, fmt.Errorf("dial backend %s: not a TCP connection", addr)
+	}
+	conn, err := p.dp.Adopt(tc)
+	if err != nil {
+		_ = tc.Close()
+		return nil, fmt.Errorf("adopt backend connection %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// response is an answer to write to the client, from a backend or not.
+type response struct {
+	status int
+	reason string
+	// header holds end-to-end fields only; framing fields are added.
+	header http1.Header
+	// bodyless is set for answers that never have a body (HEAD, 1xx, 204,
+	// 304); length is then only announced if >= 0.
+	bodyless bool
+	body     io.Reader
+	// length is the body length, -1 when unknown (chunked or until EOF).
+	length  int64
+	trailer func() http1.Header
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// writeResponse writes r to the client, framing the body for this client,
+// and reports whether the connection may serve another request.
+func (cc *clientConn) writeResponse(r *response, keepAlive bool, http10 bool) (bool, error) {
+	cc.wmu.Lock()
+	cc.responded = true
+	cc.wmu.Unlock()
+	chunked := false
+	switch {
+	case r.bodyless:
+	case r.length >= 0:
+	case keepAlive && !http10:
+		chunked = true
+	default:
+		// Unknown length for a client that cannot take chunked: the end
+		// of the body is the end of the connection.
+		keepAlive = false
+	}
+	w := cc.bw
+	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\n", r.status, r.reason)
+	for _, f := range r.header {
+		fmt.Fprintf(w, "%s: %s\r\n", f.Name, f.Value)
+	}
+	switch {
+	case chunked:
+		_, _ = w.WriteString("Transfer-Encoding: chunked\r\n")
+	case r.length >= 0:
+		_, _ = w.WriteString("Content-Length: " + strconv.FormatInt(r.length, 10) + "\r\n")
+	}
+	if !keepAlive {
+		_, _ = w.WriteString("Connection: close\r\n")
+	}
+	_, _ = w.WriteString("\r\n")
+	if r.bodyless || r.body == nil {
+		return keepAlive, w.Flush()
+	}
+	var dst io.Writer = w
+	if chunked {
+		dst = http1.ChunkedWriter{W: w}
+	}
+	bufp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bufp)
+	buf := *bufp
+	var copied int64
+	for {
+		n, rerr := r.body.Read(buf)
+		if n > 0 {
+			copied += int64(n)
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return false, fmt.Errorf("write response body: %w", err)
+			}
+			// Flush per read: responses stream (server-sent events,
+			// long polls), they are not buffered whole.
+			if err := w.Flush(); err != nil {
+				return false, fmt.Errorf("write response body: %w", err)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return false, fmt.Errorf("read response body: %w", rerr)
+		}
+	}
+	if r.length >= 0 && copied != r.length {
+		return false, fmt.Errorf("response body: %w", io.ErrUnexpectedEOF)
+	}
+	if chunked {
+		var tr http1.Header
+		if r.trailer != nil {
+			tr = r.trailer()
+		}
+		if err := (http1.ChunkedWriter{W: w}).Close(tr); err != nil {
+			return false, err
+		}
+	}
+	return keepAlive, w.Flush()
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}

@@ -1,0 +1,258 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wsplice/wsplice/userspace/http1"
+)
+
+// errBodyAbandoned is what the transport reads from a request body the
+// proxy took back after the response.
+var errBodyAbandoned = errors.New("request body abandoned")
+
+// plain reverse-proxies one ordinary HTTP request through the pooled
+// transport and reports whether the client connection goes on.
+func (cc *clientConn) plain(req *http1.RequestHead) bool {
+	p := cc.p
+	be, err := p.pool.Next()
+	if err != nil {
+		cc.fail(503, "no backend available", nil)
+		return false
+	}
+	body := cc.requestBody(req)
+	out, err := cc.outgoingRequest(req, be.Addr, body)
+	if err != nil {
+		cc.fail(400, "invalid request target", nil)
+		return false
+	}
+	resp, err := p.transport.RoundTrip(out)
+	if err != nil {
+		body.finish(cc)
+		p.log.Warn().Err(err).Str("backend", be.Addr).Str("method", req.Method).Msg("backend request failed")
+		cc.fail(502, "backend failed", nil)
+		return false
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		body.finish(cc)
+		cc.fail(502, "backend switched protocols on a plain request", nil)
+		return false
+	}
+	keepAlive := req.Minor >= 1 && !req.WantsClose() && !p.shuttingDown.Load()
+	keep, err := cc.writeResponse(cc.fromTransport(req, resp), keepAlive, req.Minor == 0)
+	if err != nil && p.log.Debug().Enabled() {
+		p.log.Debug().Err(err).Str("backend", be.Addr).Msg("relay response")
+	}
+	// The next request starts where this body ends: a body not read to its
+	// end leaves the stream unusable.
+	if !body.finish(cc) {
+		keep = false
+	}
+	return keep && err == nil
+}
+
+// outgoingRequest builds the backend request: origin-form target kept
+// byte for byte, hop-by-hop fields dropped, X-Forwarded-* set.
+func (cc *clientConn) outgoingRequest(req *http1.RequestHead, addr string, body *requestBody) (*http.Request, error) {
+	target, authority := originForm(req.Target)
+	host := req.Host
+	if authority != "" {
+		host = authority
+	}
+	u := &url.URL{Scheme: "http", Host: addr}
+	path, query, hasQuery := strings.Cut(target, "?")
+	switch {
+	case target == "*":
+		u.Opaque = "*"
+	case strings.HasPrefix(path, "//"):
+		// Opaque would be taken for an authority here; go the long way.
+		pu, err := url.ParseRequestURI(path)
+		if err != nil {
+			return nil, err
+		}
+		u.Path, u.RawPath = pu.Path, pu.RawPath
+	default:
+		// Opaque is written as is: the backend sees the client's bytes.
+		u.Opaque = path
+	}
+	u.RawQuery, u.ForceQuery = query, hasQuery && query == ""
+
+	h := make(http.Header, len(req.Header)+3)
+	d := newDropper(req.Header)
+	var fwd forwarded
+	for _, f := range req.Header {
+		lname := strings.ToLower(f.Name)
+		if d.drop(lname) || fwd.take(lname, f.Value) {
+			continue
+		}
+		switch lname {
+		case "host", "content-length":
+			continue // from Request.Host and Request.ContentLength
+		case "expect":
+			if body.cont != nil {
+				continue // answered here, see requestBody
+			}
+		}
+		h.Add(f.Name, f.Value)
+	}
+	for _, f := range fwd.fields(cc.conn.RemoteAddr(), host) {
+		h.Set(f.Name, f.Value)
+	}
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = nil // no Go-http-client default
+	}
+	out := &http.Request{
+		Method:     req.Method,
+		URL:        u,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     h,
+		Host:       host,
+	}
+	out = out.WithContext(cc.p.force)
+	switch {
+	case req.Chunked:
+		out.Body, out.ContentLength = body, -1
+	case req.ContentLength > 0:
+		out.Body, out.ContentLength = body, req.ContentLength
+	default:
+		out.Body, out.ContentLength = http.NoBody, 0
+	}
+	return out, nil
+}
+
+// fromTransport turns the transport's response into one for the client.
+func (cc *clientConn) fromTransport(req *http1.RequestHead, resp *http.Response) *response {
+	r := &response{
+		status: resp.StatusCode,
+		reason: strings.TrimPrefix(resp.Status, strconv.Itoa(resp.StatusCode)+" "),
+		length: resp.ContentLength,
+		body:   resp.Body,
+	}
+	if r.reason == resp.Status || r.reason == "" {
+		r.reason = http.StatusText(resp.StatusCode)
+	}
+	conn := http1.Header{}
+	for _, v := range resp.Header.Values("Connection") {
+		conn = append(conn, http1.Field{Name: "Connection", Value: v})
+	}
+	d := newDropper(conn)
+	keys := make([]string, 0, len(resp.Header))
+	for k := range resp.Header {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		lname := strings.ToLower(k)
+		if d.drop(lname) || lname == "content-length" {
+			continue
+		}
+		for _, v := range resp.Header[k] {
+			r.header = append(r.header, http1.Field{Name: k, Value: v})
+		}
+	}
+	if req.Method == "HEAD" || resp.StatusCode/100 == 1 || resp.StatusCode == 204 || resp.StatusCode == 304 {
+		r.bodyless, r.body, r.length = true, nil, -1
+		if cl := resp.Header.Get("Content-Length"); cl != "" && resp.StatusCode != 204 {
+			r.length, _ = strconv.ParseInt(cl, 10, 64)
+		}
+	}
+	r.trailer = func() http1.Header {
+		var tr http1.Header
+		for k, vs := range resp.Trailer {
+			for _, v := range vs {
+				tr = append(tr, http1.Field{Name: k, Value: v})
+			}
+		}
+		return tr
+	}
+	return r
+}
+
+// requestBody is a client's request body as the transport reads it, from
+// the client connection's buffered reader. The transport may still read it
+// from its own goroutine after the response is done; finish takes the
+// reader back before the connection reads its next request.
+type requestBody struct {
+	mu   sync.Mutex
+	r    io.Reader
+	eof  bool
+	done bool
+	// cont sends "100 Continue" before the first read when the client
+	// asked for it: the transport is told nothing of Expect.
+	cont func()
+}
+
+func (cc *clientConn) requestBody(req *http1.RequestHead) *requestBody {
+	b := &requestBody{}
+	switch {
+	case req.Chunked:
+		b.r = http1.NewChunkedReader(cc.br, cc.p.cfg.MaxHeaderBytes, 400)
+	case req.ContentLength > 0:
+		b.r = io.LimitReader(cc.br, req.ContentLength)
+	default:
+		b.eof = true
+		return b
+	}
+	if req.Minor >= 1 && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		b.cont = func() {
+			cc.wmu.Lock()
+			defer cc.wmu.Unlock()
+			if !cc.responded {
+				_ = cc.conn.SetWriteDeadline(time.Now().Add(cc.p.cfg.HeaderTimeout))
+				_, _ = cc.conn.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n"))
+			}
+		}
+	}
+	return b
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.eof {
+		return 0, io.EOF
+	}
+	if b.done {
+		return 0, errBodyAbandoned
+	}
+	if b.cont != nil {
+		b.cont()
+		b.cont = nil
+	}
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.eof = true
+		if lr, ok := b.r.(*io.LimitedReader); ok && lr.N > 0 {
+			err = io.ErrUnexpectedEOF
+			b.eof = false
+		}
+	}
+	return n, err
+}
+
+// Close is a no-op: the client connection, not the transport, owns it.
+func (b *requestBody) Close() error { return nil }
+
+// finish stops the transport reading and reports whether the body was
+// read to its end, leaving the client's stream at the next request.
+func (b *requestBody) finish(cc *clientConn) bool {
+	if !b.mu.TryLock() {
+		// The transport is blocked reading the client: wake it.
+		_ = cc.conn.SetReadDeadline(time.Now())
+		b.mu.Lock()
+	}
+	b.done = true
+	eof := b.eof
+	b.mu.Unlock()
+	return eof
+}

@@ -1,0 +1,220 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/wsplice/wsplice/userspace/http1"
+	"github.com/wsplice/wsplice/userspace/websocket"
+)
+
+// maxInterim bounds the 1xx answers skipped before the backend's real one.
+const maxInterim = 8
+
+// upgrade runs a WebSocket handshake with a backend and splices the pair.
+// It reports whether the client connection stays in the request loop
+// (only when the backend refused the upgrade with an ordinary response).
+func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
+	p := cc.p
+	p.handshakes.Add(1)
+	spliced := false
+	defer func() {
+		if !spliced {
+			p.handshakeErrors.Add(1)
+		}
+	}()
+	if err := websocket.CheckRequest(req); err != nil {
+		var werr *websocket.Error
+		if errors.As(err, &werr) {
+			cc.fail(werr.Status, werr.Reason, werr.Header)
+		}
+		return false
+	}
+	if req.HasBody() {
+		cc.fail(400, "WebSocket handshake with a body", nil)
+		return false
+	}
+	be, err := p.pool.Next()
+	if err != nil {
+		cc.fail(503, "no backend available", nil)
+		return false
+	}
+	bconn, err := p.dialBackend(be.Addr)
+	if err != nil {
+		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed")
+		cc.fail(502, "backend unreachable", nil)
+		return false
+	}
+	keepBackend := false
+	defer func() {
+		if !keepBackend {
+			p.dp.Release(bconn)
+		}
+	}()
+
+	// The backend gets DialTimeout to read the handshake and answer it.
+	_ = bconn.SetDeadline(time.Now().Add(p.cfg.DialTimeout))
+	if _, err := bconn.Write(cc.upgradeRequest(req)); err != nil {
+		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed: write request")
+		cc.fail(502, "backend failed", nil)
+		return false
+	}
+	bbr := p.readers.Get().(*bufio.Reader)
+	bbr.Reset(bconn)
+	defer func() {
+		bbr.Reset(nil)
+		p.readers.Put(bbr)
+	}()
+	var resp *http1.ResponseHead
+	for i := 0; ; i++ {
+		resp, err = http1.ReadResponseHead(bbr, p.cfg.MaxHeaderBytes)
+		if err != nil || resp.Status == 101 || resp.Status >= 200 || i == maxInterim {
+			break
+		}
+	}
+	if err != nil {
+		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed: read response")
+		if isTimeout(err) {
+			cc.fail(504, "backend timed out", nil)
+		} else {
+			cc.fail(502, "backend failed", nil)
+		}
+		return false
+	}
+	if resp.Status != 101 {
+		// The backend refused the upgrade: relay its answer as is.
+		_ = bconn.SetDeadline(time.Time{})
+		return cc.relay(req, resp, bbr)
+	}
+	if err := websocket.CheckResponse(resp, req.Header.Get("Sec-WebSocket-Key")); err != nil {
+		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed")
+		cc.fail(502, "backend sent an invalid handshake answer", nil)
+		return false
+	}
+
+	// The 101 and any frames the backend sent behind it go out in one
+	// write, in order; then whatever the client pipelined behind its
+	// request goes to the backend. Nothing read may stay in a buffer.
+	w := cc.bw
+	_ = cc.conn.SetWriteDeadline(time.Now().Add(p.cfg.HeaderTimeout))
+	_, _ = w.Write(switchingHead(resp))
+	if n := bbr.Buffered(); n > 0 {
+		b, _ := bbr.Peek(n)
+		_, _ = w.Write(b)
+	}
+	if err := w.Flush(); err != nil {
+		p.log.Debug().Err(err).Msg("websocket handshake failed: write 101")
+		return false
+	}
+	if n := cc.br.Buffered(); n > 0 {
+		b, _ := cc.br.Peek(n)
+		if _, err := bconn.Write(b); err != nil {
+			p.log.Debug().Err(err).Msg("websocket handshake failed: write pipelined bytes")
+			return false
+		}
+	}
+	_ = cc.conn.SetDeadline(time.Time{})
+	_ = bconn.SetDeadline(time.Time{})
+
+	p.forget(cc)
+	cc.spliced, keepBackend, spliced = true, true, true
+	if err := p.dp.Splice(cc.conn, bconn); err != nil {
+		// The data plane owns and has closed both; the client sees a close.
+		p.log.Error().Err(err).Str("backend", be.Addr).Msg("splice")
+		return false
+	}
+	if p.log.Debug().Enabled() {
+		p.log.Debug().Stringer("remote", cc.conn.RemoteAddr()).Str("backend", be.Addr).Str("target", req.Target).
+			Str("dataplane", p.dp.Name()).Msg("websocket spliced")
+	}
+	return false
+}
+
+// upgradeRequest is the handshake as the backend gets it: origin-form
+// target, end-to-end fields in the client's order, Connection and Upgrade
+// set again, X-Forwarded-* appended.
+func (cc *clientConn) upgradeRequest(req *http1.RequestHead) []byte {
+	target, authority := originForm(req.Target)
+	host := req.Host
+	if authority != "" {
+		host = authority
+	}
+	out := &http1.RequestHead{Method: req.Method, Target: target, Major: 1, Minor: 1}
+	d := newDropper(req.Header)
+	var fwd forwarded
+	for _, f := range req.Header {
+		lname := strings.ToLower(f.Name)
+		if d.drop(lname) || fwd.take(lname, f.Value) {
+			continue
+		}
+		if lname == "host" {
+			f.Value = host
+		}
+		out.Header = append(out.Header, f)
+	}
+	out.Header = append(out.Header,
+		http1.Field{Name: "Connection", Value: "Upgrade"},
+		http1.Field{Name: "Upgrade", Value: "websocket"})
+	out.Header = append(out.Header, fwd.fields(cc.conn.RemoteAddr(), host)...)
+	return out.Append(nil)
+}
+
+// switchingHead is the backend's 101 as the client gets it: hop-by-hop
+// fields dropped, Connection and Upgrade set again, the rest (subprotocol,
+// extensions, the backend's own fields) in the backend's order.
+func switchingHead(resp *http1.ResponseHead) []byte {
+	reason := resp.Reason
+	if reason == "" {
+		reason = "Switching Protocols"
+	}
+	out := &http1.ResponseHead{Major: 1, Minor: 1, Status: 101, Reason: reason}
+	out.Header = http1.Header{{Name: "Upgrade", Value: "websocket"}, {Name: "Connection", Value: "Upgrade"}}
+	d := newDropper(resp.Header)
+	for _, f := range resp.Header {
+		lname := strings.ToLower(f.Name)
+		if d.drop(lname) || lname == "content-length" {
+			continue
+		}
+		out.Header = append(out.Header, f)
+	}
+	return out.Append(nil)
+}
+
+// relay passes a backend's non-101 answer to a handshake to the client as
+// an ordinary response and reports whether the client connection goes on.
+func (cc *clientConn) relay(req *http1.RequestHead, resp *http1.ResponseHead, bbr *bufio.Reader) bool {
+	p := cc.p
+	r := &response{status: resp.Status, reason: resp.Reason, length: -1}
+	d := newDropper(resp.Header)
+	for _, f := range resp.Header {
+		lname := strings.ToLower(f.Name)
+		if d.drop(lname) || lname == "content-length" {
+			continue
+		}
+		r.header = append(r.header, f)
+	}
+	switch {
+	case resp.Bodyless(req.Method):
+		r.bodyless = true
+		if resp.ContentLength >= 0 && resp.Status != 204 {
+			r.length = resp.ContentLength
+		}
+	case resp.Chunked:
+		cr := http1.NewChunkedReader(bbr, p.cfg.MaxHeaderBytes, 502)
+		r.body, r.trailer = cr, cr.Trailer
+	case resp.ContentLength >= 0:
+		r.body, r.length = io.LimitReader(bbr, resp.ContentLength), resp.ContentLength
+	default:
+		r.body = bbr
+	}
+	keepAlive := !req.WantsClose() && !p.shuttingDown.Load()
+	keep, err := cc.writeResponse(r, keepAlive, req.Minor == 0)
+	if err != nil {
+		p.log.Debug().Err(err).Msg("relay refused handshake")
+		return false
+	}
+	return keep
+}

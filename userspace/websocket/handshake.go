@@ -1,0 +1,110 @@
+// Package websocket checks the opening handshake of RFC 6455 §4 on both
+// sides of the proxy: the client's Upgrade request and the backend's 101.
+package websocket
+
+import (
+	"crypto/sha1"
+	"encoding/base64"
+	"fmt"
+
+	"github.com/wsplice/wsplice/userspace/http1"
+)
+
+// Version is the only protocol version spoken (RFC 6455 §4.1).
+const Version = "13"
+
+// acceptGUID is the fixed GUID of RFC 6455 §1.3.
+const acceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+// Error is a failed handshake check. Status is the status to answer the
+// client with: 400 or 426 for a bad request, 502 for a bad backend
+// response. Header holds fields the answer must carry (426 carries
+// Sec-WebSocket-Version).
+type Error struct {
+	Status int
+	Reason string
+	Header http1.Header
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("websocket: %s (%d)", e.Reason, e.Status) }
+
+func badRequest(reason string) error { return &Error{Status: 400, Reason: reason} }
+
+func badResponse(reason string) error { return &Error{Status: 502, Reason: reason} }
+
+// IsUpgrade reports whether a request asks to switch to WebSocket: its
+// Connection field has the token "upgrade" and its Upgrade field the token
+// "websocket" (both case-insensitive). Other upgrades (h2c) are not ours to
+// honour; a proxy forwards those as plain requests without Upgrade.
+func IsUpgrade(h http1.Header) bool {
+	return h.HasToken("Connection", "upgrade") && h.HasToken("Upgrade", "websocket")
+}
+
+// CheckRequest validates a client's opening handshake (RFC 6455 §4.2.1).
+// It returns nil or an *Error.
+func CheckRequest(r *http1.RequestHead) error {
+	switch {
+	case r.Method != "GET":
+		return badRequest("handshake method is not GET")
+	case r.Minor < 1:
+		return badRequest("handshake needs HTTP/1.1")
+	case !r.Header.HasToken("Upgrade", "websocket"):
+		return badRequest("Upgrade has no websocket token")
+	case !r.Header.HasToken("Connection", "upgrade"):
+		return badRequest("Connection has no upgrade token")
+	}
+	switch vs := r.Header.Values("Sec-WebSocket-Version"); {
+	case len(vs) == 0:
+		return badRequest("missing Sec-WebSocket-Version")
+	case len(vs) > 1 || vs[0] != Version:
+		return &Error{
+			Status: 426,
+			Reason: "unsupported Sec-WebSocket-Version",
+			Header: http1.Header{{Name: "Sec-WebSocket-Version", Value: Version}},
+		}
+	}
+	keys := r.Header.Values("Sec-WebSocket-Key")
+	switch {
+	case len(keys) == 0:
+		return badRequest("missing Sec-WebSocket-Key")
+	case len(keys) > 1:
+		return badRequest("multiple Sec-WebSocket-Key fields")
+	case !validKey(keys[0]):
+		return badRequest("Sec-WebSocket-Key is not 16 bytes in base64")
+	}
+	return nil
+}
+
+// validKey reports whether key is the base64 of exactly 16 bytes.
+func validKey(key string) bool {
+	if len(key) != base64.StdEncoding.EncodedLen(16) {
+		return false
+	}
+	b, err := base64.StdEncoding.Strict().DecodeString(key)
+	return err == nil && len(b) == 16
+}
+
+// AcceptKey is the Sec-WebSocket-Accept value for a Sec-WebSocket-Key.
+func AcceptKey(key string) string {
+	h := sha1.Sum([]byte(key + acceptGUID))
+	return base64.StdEncoding.EncodeToString(h[:])
+}
+
+// CheckResponse validates a backend's 101 to a request that carried key
+// (RFC 6455 §4.1, the client's checks). It returns nil or an *Error with
+// Status 502.
+func CheckResponse(r *http1.ResponseHead, key string) error {
+	switch {
+	case r.Status != 101:
+		return badResponse(fmt.Sprintf("backend answered %d, not 101", r.Status))
+	case !r.Header.HasToken("Upgrade", "websocket"):
+		return badResponse("backend 101 without Upgrade: websocket")
+	case !r.Header.HasToken("Connection", "upgrade"):
+		return badResponse("backend 101 without Connection: upgrade")
+	}
+	accepts := r.Header.Values("Sec-WebSocket-Accept")
+	if len(accepts) != 1 || accepts[0] != AcceptKey(key) {
+		return badResponse("backend 101 with wrong Sec-WebSocket-Accept")
+	}
+	return nil
+}
