@@ -64,9 +64,10 @@ cleanup() {
 	trap - INT TERM
 	if ((${#pids[@]})); then
 		echo
-		say "stopping ${names[*]}"
-		# SIGINT first: every program here shuts down cleanly on it.
-		kill -INT "${pids[@]}" 2>/dev/null || true
+		say "stopping ${names[*]} (pids ${pids[*]})"
+		# SIGTERM: the Go programs shut down cleanly on it, and unlike
+		# SIGINT it is not ignored by background jobs of a script.
+		kill -TERM "${pids[@]}" 2>/dev/null || true
 		for _ in $(seq 50); do
 			local alive=0 p
 			for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
