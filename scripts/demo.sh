@@ -77,7 +77,7 @@ cleanup() {
 		kill -KILL "${pids[@]}" 2>/dev/null || true
 		wait "${pids[@]}" 2>/dev/null || true
 	fi
-	if ((rc != 0 && rc != 130 && rc != 143)); then
+	if ((rc != 0 && rc != 143)); then
 		say "logs kept in $logs"
 	else
 		rm -rf "$logs"
@@ -85,7 +85,8 @@ cleanup() {
 	say "stopped"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
+# Ctrl-C is how the demo is meant to end: not an error.
+trap 'exit 0' INT
 trap 'exit 143' TERM
 
 # start NAME CMD... runs CMD in the background with its output in $logs/NAME.log.
