@@ -2,11 +2,11 @@
 # provision.sh installs what wsplice needs to build, regenerate its BPF
 # objects, run its tests, the demo and the benchmarks on Debian 12 or
 # Ubuntu 24.04. It is idempotent: when everything is there it installs
-# nothing and does not touch the network. Vagrant and `make test`, `make demo`
-# and `make bench` call it.
+# nothing and does not touch the network. The Vagrantfile, `make test` and
+# `make demo` call it (and `make bench` will).
 #
 # Usage: scripts/provision.sh [--demo]
-#   --demo   only what `make demo` needs (Go, curl, the Node test client)
+#   --demo   only what `make demo` needs (Go, curl, ss, the Node test client)
 #
 # Runs as root, or re-runs itself through sudo.
 set -euo pipefail
@@ -21,7 +21,7 @@ for arg in "$@"; do
 	case "$arg" in
 	--demo) profile=demo ;;
 	-h | --help)
-		sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*) die "unknown argument '$arg' (try --help)" ;;
@@ -58,9 +58,9 @@ has_candidate() { apt-cache show "$1" >/dev/null 2>&1; }
 
 # Packages by purpose. clang-16 is the clang `make generate` is pinned to;
 # llvm-16 gives llvm-strip-16, which bpf2go picks for clang-16.
-pkgs=(ca-certificates curl procps git make)
+pkgs=(ca-certificates curl procps iproute2 git make)
 if [[ $profile == full ]]; then
-	pkgs+=(gcc clang-16 llvm-16 libbpf-dev iproute2 ruby bpftool)
+	pkgs+=(gcc clang-16 llvm-16 libbpf-dev ruby bpftool)
 fi
 if [[ -f "$repo/tests/node/package-lock.json" ]] && ! command -v npm >/dev/null; then
 	pkgs+=(nodejs npm)
