@@ -20,32 +20,38 @@ const maxInterim = 8
 func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 	p := cc.p
 	p.handshakes.Add(1)
-	spliced := false
-	defer func() {
-		if !spliced {
+	// Counted before answering, so that a client that sees the answer
+	// sees the counter too.
+	failed := false
+	reject := func(status int, msg string, extra http1.Header) {
+		if !failed {
+			failed = true
 			p.handshakeErrors.Add(1)
 		}
-	}()
+		if status != 0 {
+			cc.fail(status, msg, extra)
+		}
+	}
 	if err := websocket.CheckRequest(req); err != nil {
 		var werr *websocket.Error
 		if errors.As(err, &werr) {
-			cc.fail(werr.Status, werr.Reason, werr.Header)
+			reject(werr.Status, werr.Reason, werr.Header)
 		}
 		return false
 	}
 	if req.HasBody() {
-		cc.fail(400, "WebSocket handshake with a body", nil)
+		reject(400, "WebSocket handshake with a body", nil)
 		return false
 	}
 	be, err := p.pool.Next()
 	if err != nil {
-		cc.fail(503, "no backend available", nil)
+		reject(503, "no backend available", nil)
 		return false
 	}
 	bconn, err := p.dialBackend(be.Addr)
 	if err != nil {
 		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed")
-		cc.fail(502, "backend unreachable", nil)
+		reject(502, "backend unreachable", nil)
 		return false
 	}
 	keepBackend := false
@@ -59,7 +65,7 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 	_ = bconn.SetDeadline(time.Now().Add(p.cfg.DialTimeout))
 	if _, err := bconn.Write(cc.upgradeRequest(req)); err != nil {
 		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed: write request")
-		cc.fail(502, "backend failed", nil)
+		reject(502, "backend failed", nil)
 		return false
 	}
 	bbr := p.readers.Get().(*bufio.Reader)
@@ -78,20 +84,21 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 	if err != nil {
 		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed: read response")
 		if isTimeout(err) {
-			cc.fail(504, "backend timed out", nil)
+			reject(504, "backend timed out", nil)
 		} else {
-			cc.fail(502, "backend failed", nil)
+			reject(502, "backend failed", nil)
 		}
 		return false
 	}
 	if resp.Status != 101 {
 		// The backend refused the upgrade: relay its answer as is.
 		_ = bconn.SetDeadline(time.Time{})
+		reject(0, "", nil)
 		return cc.relay(req, resp, bbr)
 	}
 	if err := websocket.CheckResponse(resp, req.Header.Get("Sec-WebSocket-Key")); err != nil {
 		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed")
-		cc.fail(502, "backend sent an invalid handshake answer", nil)
+		reject(502, "backend sent an invalid handshake answer", nil)
 		return false
 	}
 
@@ -107,12 +114,14 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 	}
 	if err := w.Flush(); err != nil {
 		p.log.Debug().Err(err).Msg("websocket handshake failed: write 101")
+		reject(0, "", nil)
 		return false
 	}
 	if n := cc.br.Buffered(); n > 0 {
 		b, _ := cc.br.Peek(n)
 		if _, err := bconn.Write(b); err != nil {
 			p.log.Debug().Err(err).Msg("websocket handshake failed: write pipelined bytes")
+			reject(0, "", nil)
 			return false
 		}
 	}
@@ -120,9 +129,10 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 	_ = bconn.SetDeadline(time.Time{})
 
 	p.forget(cc)
-	cc.spliced, keepBackend, spliced = true, true, true
+	cc.spliced, keepBackend = true, true
 	if err := p.dp.Splice(cc.conn, bconn); err != nil {
 		// The data plane owns and has closed both; the client sees a close.
+		reject(0, "", nil)
 		p.log.Error().Err(err).Str("backend", be.Addr).Msg("splice")
 		return false
 	}
