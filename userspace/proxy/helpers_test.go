@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +29,13 @@ type testProxy struct {
 	*Proxy
 	addr string
 	dp   dataplane.Dataplane
+	stop func()
+}
+
+// shutdownForTest stops the proxy now instead of at cleanup.
+func (p *testProxy) shutdownForTest(t *testing.T) {
+	t.Helper()
+	p.stop()
 }
 
 // startProxy runs a proxy with the userspace data plane on loopback and
@@ -47,19 +55,23 @@ func startProxy(t *testing.T, backends []string, mod func(*Config)) *testProxy {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Serve: %v", err)
+				}
+			case <-time.After(3 * testTimeout):
+				t.Error("Serve did not return after cancel")
 			}
-		case <-time.After(3 * testTimeout):
-			t.Error("Serve did not return after cancel")
-		}
-		_ = dp.Close()
-	})
-	return &testProxy{Proxy: p, addr: p.Addrs()[0].String(), dp: dp}
+			_ = dp.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return &testProxy{Proxy: p, addr: p.Addrs()[0].String(), dp: dp, stop: stop}
 }
 
 // startWSBackend runs a gorilla WebSocket echo server that names itself in

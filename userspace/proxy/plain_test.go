@@ -1,0 +1,274 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// echoHandler answers with what it saw, as JSON, and streams it chunked.
+type seen struct {
+	Method, URI, Host, Body string
+	Header                  http.Header
+	Chunked                 bool
+}
+
+func startEchoHTTP(t *testing.T) string {
+	t.Helper()
+	return startHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		s := seen{Method: r.Method, URI: r.RequestURI, Host: r.Host, Body: string(body), Header: r.Header,
+			Chunked: len(r.TransferEncoding) > 0}
+		b, _ := json.Marshal(s)
+		w.Header().Set("Connection", "X-Drop")
+		w.Header().Set("X-Drop", "1")
+		if r.URL.Query().Get("chunked") != "" {
+			// Two flushes: no Content-Length, chunked on the wire.
+			w.Header().Set("Trailer", "X-Sum")
+			_, _ = w.Write(b[:len(b)/2])
+			w.(http.Flusher).Flush()
+			_, _ = w.Write(b[len(b)/2:])
+			w.Header().Set("X-Sum", "42")
+			return
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+		_, _ = w.Write(b)
+	}))
+}
+
+func readJSON(t *testing.T, br *bufio.Reader, method string) (*http.Response, seen) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	var s seen
+	if resp.StatusCode == 200 {
+		if err := json.Unmarshal(b, &s); err != nil {
+			t.Fatalf("body %q: %v", b, err)
+		}
+	}
+	return resp, s
+}
+
+// TestPlainKeepAlive sends two requests on one connection, the second
+// with a chunked body, and gets the second answer chunked.
+func TestPlainKeepAlive(t *testing.T) {
+	p := startProxy(t, []string{startEchoHTTP(t)}, nil)
+	cl := dial(t, p.addr)
+	cl.send("GET /a%2Fb?x=1 HTTP/1.1\r\nHost: example.test\r\nX-Forwarded-For: 192.0.2.1\r\nKeep-Alive: 5\r\nX-Hop: 1\r\nConnection: X-Hop\r\n\r\n")
+	resp, s := readJSON(t, cl.br, "GET")
+	if resp.StatusCode != 200 || resp.ContentLength < 0 {
+		t.Fatalf("first: status %d length %d", resp.StatusCode, resp.ContentLength)
+	}
+	if s.URI != "/a%2Fb?x=1" || s.Host != "example.test" {
+		t.Errorf("backend saw %s %s", s.URI, s.Host)
+	}
+	if got := s.Header.Get("X-Forwarded-For"); got != "192.0.2.1, 127.0.0.1" {
+		t.Errorf("X-Forwarded-For = %q", got)
+	}
+	if s.Header.Get("X-Forwarded-Proto") != "http" || s.Header.Get("X-Forwarded-Host") != "example.test" {
+		t.Errorf("X-Forwarded-Proto/Host = %q %q", s.Header.Get("X-Forwarded-Proto"), s.Header.Get("X-Forwarded-Host"))
+	}
+	for _, h := range []string{"Keep-Alive", "X-Hop", "Connection", "User-Agent"} {
+		if v, ok := s.Header[h]; ok {
+			t.Errorf("backend got %s: %q", h, v)
+		}
+	}
+	if resp.Header.Get("X-Drop") != "" {
+		t.Error("client got a field the backend listed in Connection")
+	}
+	if resp.Close {
+		t.Fatal("first response closes the connection")
+	}
+
+	cl.send("POST /upload?chunked=1 HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n" +
+		"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n")
+	resp, s = readJSON(t, cl.br, "POST")
+	if resp.StatusCode != 200 {
+		t.Fatalf("second: status %d", resp.StatusCode)
+	}
+	if len(resp.TransferEncoding) == 0 || resp.TransferEncoding[0] != "chunked" {
+		t.Errorf("second response not chunked: %v", resp.TransferEncoding)
+	}
+	if resp.Trailer.Get("X-Sum") != "42" {
+		t.Errorf("trailer = %v", resp.Trailer)
+	}
+	if s.Method != "POST" || s.Body != "hello, world" || !s.Chunked {
+		t.Errorf("backend saw %s body %q chunked %v", s.Method, s.Body, s.Chunked)
+	}
+
+	// A Content-Length body and a third request on the same connection.
+	cl.send("PUT /c HTTP/1.1\r\nHost: example.test\r\nContent-Length: 3\r\n\r\nabc")
+	resp, s = readJSON(t, cl.br, "PUT")
+	if resp.StatusCode != 200 || s.Body != "abc" || s.Chunked {
+		t.Errorf("third: status %d body %q chunked %v", resp.StatusCode, s.Body, s.Chunked)
+	}
+}
+
+func TestPlainExpectContinue(t *testing.T) {
+	p := startProxy(t, []string{startEchoHTTP(t)}, nil)
+	cl := dial(t, p.addr)
+	cl.send("POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+	line, err := cl.br.ReadString('\n')
+	if err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("got %q, %v; want 100 Continue", line, err)
+	}
+	if l, _ := cl.br.ReadString('\n'); l != "\r\n" {
+		t.Fatalf("100 Continue followed by %q", l)
+	}
+	cl.send("body")
+	resp, s := readJSON(t, cl.br, "POST")
+	if resp.StatusCode != 200 || s.Body != "body" || s.Header.Get("Expect") != "" {
+		t.Errorf("status %d body %q expect %q", resp.StatusCode, s.Body, s.Header.Get("Expect"))
+	}
+}
+
+func TestPlainHTTP10Closes(t *testing.T) {
+	p := startProxy(t, []string{startEchoHTTP(t)}, nil)
+	cl := dial(t, p.addr)
+	cl.send("GET /?chunked=1 HTTP/1.0\r\nHost: h\r\n\r\n")
+	resp, s := readJSON(t, cl.br, "GET")
+	if resp.StatusCode != 200 || s.URI != "/?chunked=1" {
+		t.Fatalf("status %d uri %q", resp.StatusCode, s.URI)
+	}
+	if len(resp.TransferEncoding) != 0 {
+		t.Error("chunked answer to an HTTP/1.0 client")
+	}
+	cl.expectClosed()
+}
+
+func TestPlainConnectionClose(t *testing.T) {
+	p := startProxy(t, []string{startEchoHTTP(t)}, nil)
+	cl := dial(t, p.addr)
+	cl.send("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+	resp, _ := readJSON(t, cl.br, "GET")
+	if !resp.Close {
+		t.Error("answer to Connection: close does not close")
+	}
+	cl.expectClosed()
+}
+
+func TestPlainHead(t *testing.T) {
+	p := startProxy(t, []string{startEchoHTTP(t)}, nil)
+	cl := dial(t, p.addr)
+	cl.send("HEAD / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n")
+	resp, err := http.ReadResponse(cl.br, &http.Request{Method: "HEAD"})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("HEAD: %v %v", resp, err)
+	}
+	// The pipelined GET's answer comes next: the HEAD answer had no body.
+	resp, s := readJSON(t, cl.br, "GET")
+	if resp.StatusCode != 200 || s.Method != "GET" {
+		t.Errorf("pipelined GET: status %d method %q", resp.StatusCode, s.Method)
+	}
+}
+
+func TestPlainErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		backend string
+		req     string
+		status  int
+	}{
+		{"no backend", "", "GET / HTTP/1.1\r\nHost: h\r\n\r\n", 503},
+		{"unreachable", closedAddr(t), "GET / HTTP/1.1\r\nHost: h\r\n\r\n", 502},
+		{"cl and te", "127.0.0.1:1", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
+		{"two cl", "127.0.0.1:1", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400},
+		{"missing host", "127.0.0.1:1", "GET / HTTP/1.1\r\n\r\n", 400},
+		{"connect", "127.0.0.1:1", "CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", 405},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var backends []string
+			if tc.backend != "" {
+				backends = []string{tc.backend}
+			}
+			p := startProxy(t, backends, nil)
+			cl := dial(t, p.addr)
+			cl.send(tc.req)
+			resp := cl.head()
+			if resp.Status != tc.status {
+				t.Fatalf("status %d, want %d", resp.Status, tc.status)
+			}
+			cl.body(resp)
+			cl.expectClosed()
+		})
+	}
+}
+
+// TestPlainBackendNotRead checks a backend that answers without reading a
+// large body: the answer arrives, and the client connection is closed
+// rather than reused with half a body in it.
+func TestPlainBackendNotRead(t *testing.T) {
+	be := startHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		http.Error(w, "nope", http.StatusForbidden)
+	}))
+	p := startProxy(t, []string{be}, nil)
+	cl := dial(t, p.addr)
+	cl.send("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000000\r\n\r\npartial")
+	resp := cl.head()
+	if resp.Status != 403 {
+		t.Fatalf("status %d", resp.Status)
+	}
+	cl.body(resp)
+	_ = cl.c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.ReadAll(cl.br); err != nil && !strings.Contains(err.Error(), "reset") {
+		t.Errorf("connection not closed: %v", err)
+	}
+}
+
+// TestShutdown: idle keep-alive connections close at once, Serve returns,
+// and the goroutines it started are gone.
+func TestShutdown(t *testing.T) {
+	before := runtime.NumGoroutine()
+	be := startEchoHTTP(t)
+	ws := startWSBackend(t, "a")
+	p := startProxy(t, []string{be}, nil)
+	cl := dial(t, p.addr)
+	cl.send("GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+	readJSON(t, cl.br, "GET")
+	_ = ws
+	// Trigger the cleanup registered by startProxy now.
+	stop := make(chan struct{})
+	go func() {
+		defer close(stop)
+		_, err := io.ReadAll(cl.br)
+		if err != nil {
+			t.Errorf("idle connection: %v", err)
+		}
+	}()
+	p.shutdownForTest(t)
+	select {
+	case <-stop:
+	case <-time.After(testTimeout):
+		t.Fatal("idle keep-alive connection not closed by shutdown")
+	}
+	if _, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
+		t.Error("listener still accepting after shutdown")
+	}
+	deadline := time.Now().Add(testTimeout)
+	for runtime.NumGoroutine() > before+8 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before+8 {
+		buf := make([]byte, 1<<20)
+		t.Errorf("%d goroutines after shutdown, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+	}
+}
