@@ -174,3 +174,24 @@ func procStatusKiB(t *testing.T, path, key string) int64 {
 	t.Fatalf("no %s in %s", key, path)
 	return 0
 }
+
+// fdKinds counts the process's open file descriptors by kind: "socket",
+// "pipe", "anon_inode:bpf-map", a path...
+func (p *proc) fdKinds(t *testing.T) map[string]int {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", p.pid())
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		kind, _, _ := strings.Cut(target, ":[")
+		kinds[kind]++
+	}
+	return kinds
+}
