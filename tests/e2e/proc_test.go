@@ -72,10 +72,12 @@ func (p *proc) exited() bool {
 // wait waits up to timeout for the process to exit and returns its exit
 // status (-1 if killed by a signal).
 func (p *proc) wait(timeout time.Duration) (int, error) {
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		return 0, fmt.Errorf("%s still running after %v", p.name, timeout)
+	if !p.exited() {
+		select {
+		case <-p.done:
+		case <-time.After(timeout):
+			return 0, fmt.Errorf("%s still running after %v", p.name, timeout)
+		}
 	}
 	var ee *exec.ExitError
 	if errors.As(p.waitErr, &ee) {
