@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer safe to read while run writes logs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestHelp(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"--help"}, &stdout, &stderr)
+	if code := exitCode(err, &stderr); code != 0 {
+		t.Fatalf("exit code %d, err %v", code, err)
+	}
+	for _, flag := range []string{"-listen", "-backend", "-dataplane", "-log-level", "-log-format", "-header-timeout", "-max-header-bytes", "-admin", "-version", "Usage: wsplice"} {
+		if !strings.Contains(stdout.String(), flag) {
+			t.Errorf("help lacks %q:\n%s", flag, stdout.String())
+		}
+	}
+	if stderr.Len() != 0 {
+		t.Errorf("stderr: %q", stderr.String())
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"--version"}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(stdout.String(), "wsplice ") {
+		t.Errorf("version output %q", stdout.String())
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--no-such-flag"},
+		{"--dataplane", "xdp"},
+		{"--log-level", "verbose"},
+		{"--log-format", "xml"},
+		{"--header-timeout", "soon"},
+		{"--header-timeout", "-1s"},
+		{"--max-header-bytes", "10"},
+		{"--backend", "no-port"},
+		{"--backend", "h:99999"},
+		{"--listen", "nope"},
+		{"--admin", "nope"},
+		{"stray-argument"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			err := run(context.Background(), args, &stdout, &stderr)
+			if code := exitCode(err, &stderr); code != 2 {
+				t.Errorf("exit code %d, want 2 (err %v)", code, err)
+			}
+			if !strings.HasPrefix(stderr.String(), "wsplice: ") {
+				t.Errorf("stderr %q", stderr.String())
+			}
+		})
+	}
+}
+
+// TestRunUserspace starts the daemon, checks the one started line and
+// stops it through its context.
+func TestRunUserspace(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout bytes.Buffer
+	var stderr syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:9",
+			"--dataplane", "userspace", "--log-level", "info"}, &stdout, &stderr)
+	}()
+	var started map[string]any
+	deadline := time.Now().Add(5 * time.Second)
+	for started == nil && time.Now().Before(deadline) {
+		for _, line := range strings.Split(stderr.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && m["message"] == "wsplice started" {
+				started = m
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if started == nil {
+		t.Fatalf("no started line in %q", stderr.String())
+	}
+	if started["level"] != "info" || started["dataplane"] != "userspace" {
+		t.Errorf("started line %v", started)
+	}
+	listeners, _ := started["listeners"].([]any)
+	backends, _ := started["backends"].([]any)
+	if len(listeners) != 2 || len(backends) != 1 {
+		t.Fatalf("listeners %v backends %v", listeners, backends)
+	}
+	c, err := net.DialTimeout("tcp", listeners[0].(string), time.Second)
+	if err != nil {
+		t.Fatalf("dial listener: %v", err)
+	}
+	c.Close()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return after cancel")
+	}
+	if _, err := net.DialTimeout("tcp", listeners[0].(string), time.Second); err == nil {
+		t.Error("listener open after shutdown")
+	}
+	if strings.Count(stderr.String(), "wsplice started") != 1 {
+		t.Errorf("logs: %s", stderr.String())
+	}
+}

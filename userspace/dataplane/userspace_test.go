@@ -1,0 +1,122 @@
+package dataplane
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		ch <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-ch
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	for _, c := range []net.Conn{a, b} {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	}
+	return a.(*net.TCPConn), b.(*net.TCPConn)
+}
+
+// splicedPair builds client ⇄ proxy(client side) … proxy(backend side) ⇄
+// backend and splices the middle.
+func splicedPair(t *testing.T, dp Dataplane) (client, backend *net.TCPConn) {
+	client, pc := tcpPair(t)
+	pb, backend := tcpPair(t)
+	cc, err := dp.Adopt(pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc, err := dp.Adopt(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.Splice(cc, bc); err != nil {
+		t.Fatal(err)
+	}
+	return client, backend
+}
+
+func TestUserspaceCopiesAndHalfCloses(t *testing.T) {
+	dp := NewUserspace(zerolog.Nop())
+	defer dp.Close()
+	client, backend := splicedPair(t, dp)
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<20) // 16 MiB, more than one chunk
+	go func() {
+		_, _ = client.Write(big)
+		_ = client.CloseWrite()
+	}()
+	got, err := io.ReadAll(backend)
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("backend got %d bytes, err %v; want %d", len(got), err, len(big))
+	}
+	// The other direction still flows after the client's FIN.
+	if _, err := backend.Write([]byte("reply")); err != nil {
+		t.Fatal(err)
+	}
+	_ = backend.CloseWrite()
+	got, err = io.ReadAll(client)
+	if err != nil || string(got) != "reply" {
+		t.Fatalf("client got %q, %v", got, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for dp.Stats().Spliced != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	st := dp.Stats()
+	if st.Spliced != 0 || st.SplicedTotal != 1 || st.BytesUserspace != uint64(len(big)+5) || st.MapEntries != -1 {
+		t.Errorf("stats = %+v", st)
+	}
+}
+
+func TestUserspacePropagatesReset(t *testing.T) {
+	dp := NewUserspace(zerolog.Nop())
+	defer dp.Close()
+	client, backend := splicedPair(t, dp)
+	_ = backend.SetLinger(0)
+	_ = backend.Close()
+	_, err := io.ReadAll(client)
+	if err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Errorf("client read: %v, want connection reset", err)
+	}
+}
+
+func TestUserspaceClose(t *testing.T) {
+	dp := NewUserspace(zerolog.Nop())
+	client, _ := splicedPair(t, dp)
+	done := make(chan error, 1)
+	go func() { done <- dp.Close() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close hangs")
+	}
+	if _, err := io.ReadAll(client); err != nil && !strings.Contains(err.Error(), "reset") {
+		t.Errorf("client not closed: %v", err)
+	}
+	a, _ := tcpPair(t)
+	if _, err := dp.Adopt(a); err != ErrClosed {
+		t.Errorf("Adopt after Close: %v, want ErrClosed", err)
+	}
+}
