@@ -36,6 +36,9 @@ type clientConn struct {
 	// idle is set while waiting for a request head; shutdown closes
 	// idle connections at once.
 	idle atomic.Bool
+	// backend is the handshake's backend connection until it is spliced
+	// or released, so that a forced shutdown can close it too.
+	backend atomic.Pointer[dataplane.Conn]
 
 	br *bufio.Reader
 	bw *bufio.Writer

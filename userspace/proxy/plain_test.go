@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wsplice/wsplice/userspace/http1"
 )
 
 // echoHandler answers with what it saw, as JSON, and streams it chunked.
@@ -270,5 +272,30 @@ func TestShutdown(t *testing.T) {
 	if n := runtime.NumGoroutine(); n > before+8 {
 		buf := make([]byte, 1<<20)
 		t.Errorf("%d goroutines after shutdown, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// TestShutdownForcesStuckRelay: a backend that refuses the upgrade and then
+// stalls mid-body must not keep shutdown waiting past its grace period.
+func TestShutdownForcesStuckRelay(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	be := startRawBackend(t, func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead) {
+		_, _ = io.WriteString(c, "HTTP/1.1 503 Busy\r\n\r\npartial")
+		<-release
+	})
+	p := startProxy(t, []string{be}, func(c *Config) { c.ShutdownTimeout = 200 * time.Millisecond })
+	cl := dial(t, p.addr)
+	cl.send(upgradeRequest())
+	if resp := cl.head(); resp.Status != 503 {
+		t.Fatalf("status %d", resp.Status)
+	}
+	start := time.Now()
+	p.shutdownForTest(t)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("shutdown took %v with a stuck relay", d)
+	}
+	if n := p.Stats().Connections; n != 0 {
+		t.Errorf("%d connections still served after shutdown", n)
 	}
 }

@@ -194,7 +194,13 @@ func (p *Proxy) shutdown(adminSrv *http.Server) {
 		p.log.Warn().Int64("connections", p.connections.Load()).Msg("shutdown grace period over, closing connections in flight")
 		p.forceCancel()
 		p.closeConns(false)
-		<-done
+		select {
+		case <-done:
+		case <-time.After(p.cfg.ShutdownTimeout):
+			// Every blocking call has a deadline or a closed socket
+			// under it; reaching this is a bug worth a loud line.
+			p.log.Error().Msg("connection goroutines still running after forced shutdown")
+		}
 	}
 	p.forceCancel()
 	p.transport.CloseIdleConnections()
@@ -208,6 +214,9 @@ func (p *Proxy) closeConns(idleOnly bool) {
 	for cc := range p.conns {
 		if !idleOnly || cc.idle.Load() {
 			_ = cc.conn.Close()
+		}
+		if b := cc.backend.Load(); b != nil && !idleOnly {
+			_ = b.Close()
 		}
 	}
 }

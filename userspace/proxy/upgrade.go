@@ -55,7 +55,9 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 		return false
 	}
 	keepBackend := false
+	cc.backend.Store(bconn)
 	defer func() {
+		cc.backend.Store(nil)
 		if !keepBackend {
 			p.dp.Release(bconn)
 		}
