@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,7 +47,8 @@ func startProxy(t *testing.T, backends []string, mod func(*Config)) *testProxy {
 	if mod != nil {
 		mod(&cfg)
 	}
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	errs := &errorLines{}
+	log := zerolog.New(io.MultiWriter(zerolog.NewTestWriter(t), errs)).Level(zerolog.WarnLevel)
 	dp := dataplane.NewUserspace(log)
 	p, err := New(cfg, dp, log)
 	if err != nil {
@@ -68,10 +70,23 @@ func startProxy(t *testing.T, backends []string, mod func(*Config)) *testProxy {
 				t.Error("Serve did not return after cancel")
 			}
 			_ = dp.Close()
+			if n := errs.count.Load(); n > 0 {
+				t.Errorf("%d error lines logged (see above)", n)
+			}
 		})
 	}
 	t.Cleanup(stop)
 	return &testProxy{Proxy: p, addr: p.Addrs()[0].String(), dp: dp, stop: stop}
+}
+
+// errorLines counts error-level log lines: none is expected in these tests.
+type errorLines struct{ count atomic.Int32 }
+
+func (e *errorLines) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), `"level":"error"`) {
+		e.count.Add(1)
+	}
+	return len(p), nil
 }
 
 // startWSBackend runs a gorilla WebSocket echo server that names itself in

@@ -174,7 +174,11 @@ func (p *Proxy) Serve(ctx context.Context) error {
 // shutdown runs the steps Serve describes.
 func (p *Proxy) shutdown(adminSrv *http.Server) {
 	p.shuttingDown.Store(true)
-	p.closeListeners()
+	for _, ln := range p.lns {
+		_ = ln.Close()
+	}
+	// The admin server closes its own listener: closing it here first
+	// would make Serve report the accept error.
 	if adminSrv != nil {
 		actx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = adminSrv.Shutdown(actx)
