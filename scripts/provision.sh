@@ -171,7 +171,7 @@ if [[ -f "$node_dir/package-lock.json" ]]; then
 		run_as=()
 		[[ $owner != root && $owner != UNKNOWN ]] && run_as=(runuser -u "$owner" --)
 		say "tests/node: npm ci${run_as:+ (as $owner)}"
-		(cd "$node_dir" && "${run_as[@]}" npm ci --no-audit --no-fund --loglevel=error) ||
+		(cd "$node_dir" && "${run_as[@]}" npm ci --no-audit --no-fund --no-progress --loglevel=error) ||
 			die "npm ci in tests/node failed"
 		echo "$sum" | "${run_as[@]}" tee "$stamp" >/dev/null
 	fi
