@@ -10,6 +10,14 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// spliceReadBuffer caps SO_RCVBUF of both proxy sockets once spliced (the
+// kernel doubles it). Without a cap, receive autotuning (tcp_rmem, up to
+// 32 MiB on the machines here) lets a backend park tens of MiB per pair in
+// the proxy's receive queue while its client reads nothing: memory the
+// daemon holds with no backpressure reaching the sender. With the cap the
+// window closes early and the sender stalls; send buffers still autotune.
+const spliceReadBuffer = 256 << 10
+
 // spliceChunk bounds one ReadFrom call so that byte counters move while a
 // long-lived pair is busy, not only when it ends.
 const spliceChunk = 4 << 20
@@ -87,6 +95,8 @@ func (u *Userspace) Splice(client, backend *Conn) error {
 	u.mu.Unlock()
 	u.spliced.Add(1)
 	u.splicedTotal.Add(1)
+	_ = client.SetReadBuffer(spliceReadBuffer)
+	_ = backend.SetReadBuffer(spliceReadBuffer)
 	go u.copier(p, backend, client, "client_to_backend")
 	go u.copier(p, client, backend, "backend_to_client")
 	return nil
