@@ -4,10 +4,13 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // spliceReadBuffer caps SO_RCVBUF of both proxy sockets once spliced (the
@@ -18,8 +21,7 @@ import (
 // window closes early and the sender stalls; send buffers still autotune.
 const spliceReadBuffer = 256 << 10
 
-// spliceChunk bounds one ReadFrom call so that byte counters move while a
-// long-lived pair is busy, not only when it ends.
+// spliceChunk bounds one ReadFrom call.
 const spliceChunk = 4 << 20
 
 // Userspace is the data path that copies spliced pairs in this process,
@@ -103,22 +105,31 @@ func (u *Userspace) Splice(client, backend *Conn) error {
 }
 
 // copier moves src → dst until src ends. Named so stacks read well.
+//
+// Each round waits until src has bytes, then moves exactly what is queued
+// with ReadFrom, which takes the splice(2) path for a *net.TCPConn source
+// behind a LimitedReader. Bounding each call by what is queued makes the
+// byte counters exact while the pair lives: one unbounded ReadFrom would
+// only report when the stream ends. The Conn wrappers are bypassed, so the
+// counting is done here.
 func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 	defer u.wg.Done()
 	var total int64
 	var err error
-	for {
-		// ReadFrom with a *net.TCPConn source (behind a LimitedReader)
-		// takes the splice(2) path; the Conn wrappers are bypassed, so
-		// count here.
+	raw, err := src.TCPConn.SyscallConn()
+	for err == nil {
+		var avail int
+		if avail, err = queued(raw); err != nil || avail == 0 {
+			break
+		}
 		var n int64
-		n, err = dst.TCPConn.ReadFrom(&io.LimitedReader{R: src.TCPConn, N: spliceChunk})
+		n, err = dst.TCPConn.ReadFrom(&io.LimitedReader{R: src.TCPConn, N: int64(min(avail, spliceChunk))})
 		total += n
 		src.read.Add(n)
 		dst.written.Add(n)
 		u.bytes.Add(uint64(n))
-		if err != nil || n < spliceChunk {
-			break
+		if n == 0 && err == nil {
+			break // EOF
 		}
 	}
 	if err != nil && !errors.Is(err, net.ErrClosed) {
@@ -141,6 +152,35 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 		u.mu.Unlock()
 		u.spliced.Add(-1)
 	}
+}
+
+// queued waits until the socket is readable and returns how many bytes
+// its receive queue holds: 0 at EOF, an error if it was reset.
+func queued(raw syscall.RawConn) (int, error) {
+	var n int
+	var opErr error
+	err := raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		m, _, e := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case e == unix.EAGAIN || e == unix.EINTR:
+			return false // not readable yet: wait in the poller
+		case e != nil:
+			opErr = os.NewSyscallError("recvfrom", e)
+			return true
+		case m == 0:
+			n = 0 // EOF
+			return true
+		}
+		if n, e = unix.IoctlGetInt(int(fd), unix.SIOCINQ); e != nil || n < 1 {
+			n = 1
+		}
+		return true
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, opErr
 }
 
 // abort resets both sockets; the copiers blocked on them return.

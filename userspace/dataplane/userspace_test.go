@@ -120,3 +120,35 @@ func TestUserspaceClose(t *testing.T) {
 		t.Errorf("Adopt after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestUserspaceCountsLive: the counters include every byte moved so far
+// while the pair is still open, not only when it ends.
+func TestUserspaceCountsLive(t *testing.T) {
+	dp := NewUserspace(zerolog.Nop())
+	defer dp.Close()
+	client, backend := splicedPair(t, dp)
+	msg := make([]byte, 4096)
+	const rounds = 50
+	for range rounds {
+		if _, err := client.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(backend, msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := backend.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := uint64(2 * rounds * len(msg))
+	deadline := time.Now().Add(2 * time.Second)
+	for dp.Stats().BytesUserspace < want && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := dp.Stats().BytesUserspace; got != want {
+		t.Errorf("bytes_userspace = %d while open, want %d", got, want)
+	}
+}
