@@ -118,3 +118,34 @@ func FuzzReadResponseHead(f *testing.F) {
 		}
 	})
 }
+
+func FuzzChunkedReader(f *testing.F) {
+	for _, s := range []string{
+		"5\r\nhello\r\n0\r\n\r\n",
+		"5;a=b\r\nhello\r\n6\r\n world\r\n0\r\nT: v\r\n\r\nNEXT",
+		"0\r\n\r\n",
+		"5\nhello\r\n0\r\n\r\n",
+		"fffffffffffffff\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		br := bufio.NewReaderSize(bytes.NewReader(in), 64)
+		cr := NewChunkedReader(br, fuzzMax, 400)
+		body, err := io.ReadAll(cr)
+		if err != nil {
+			checkErr(t, err, 400)
+			return
+		}
+		// Round trip: re-encoding what was decoded decodes the same.
+		var wire bytes.Buffer
+		w := ChunkedWriter{W: &wire}
+		_, _ = w.Write(body)
+		_ = w.Close(cr.Trailer())
+		cr2 := NewChunkedReader(bufio.NewReader(&wire), 4*fuzzMax, 400)
+		again, err := io.ReadAll(cr2)
+		if err != nil || !bytes.Equal(again, body) || !reflect.DeepEqual(cr2.Trailer(), cr.Trailer()) {
+			t.Fatalf("round trip: %q %v", again, err)
+		}
+	})
+}

@@ -299,3 +299,34 @@ func TestShutdownForcesStuckRelay(t *testing.T) {
 		t.Errorf("%d connections still served after shutdown", n)
 	}
 }
+
+// TestKeepAliveIdleCloses: after a request, an idle connection closes
+// silently after the header timeout, without a 408.
+func TestKeepAliveIdleCloses(t *testing.T) {
+	p := startProxy(t, []string{startEchoHTTP(t)}, func(c *Config) { c.HeaderTimeout = 200 * time.Millisecond })
+	cl := dial(t, p.addr)
+	cl.send("GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+	readJSON(t, cl.br, "GET")
+	start := time.Now()
+	cl.expectClosed()
+	if d := time.Since(start); d < 150*time.Millisecond || d > 2*time.Second {
+		t.Errorf("closed after %v, want about 200ms", d)
+	}
+}
+
+// TestPlainOtherUpgrade: an Upgrade that is not websocket is proxied as a
+// plain request, without the hop-by-hop Upgrade.
+func TestPlainOtherUpgrade(t *testing.T) {
+	p := startProxy(t, []string{startEchoHTTP(t)}, nil)
+	cl := dial(t, p.addr)
+	cl.send("GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+	resp, s := readJSON(t, cl.br, "GET")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	for _, h := range []string{"Upgrade", "Http2-Settings", "Connection"} {
+		if _, ok := s.Header[h]; ok {
+			t.Errorf("backend got %s", h)
+		}
+	}
+}
