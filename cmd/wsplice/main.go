@@ -26,7 +26,9 @@ import (
 // version is set at link time (-ldflags "-X main.version=...").
 var version = ""
 
-func main() { os.Exit(exitCode(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr), os.Stderr)) }
+func main() {
+	os.Exit(exitCode(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr), os.Stderr))
+}
 
 // usageError is a bad command line: exit code 2, as flag.ExitOnError does.
 type usageError struct{ err error }
