@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/gorilla/websocket"
@@ -108,7 +109,7 @@ func TestPlainHTTP(t *testing.T) {
 	e := newEnv(t)
 	forEachDataplane(t, func(t *testing.T, dp string) {
 		d := e.startDaemon(t, dp)
-		var dials int
+		var dials atomic.Int32
 		hc := d.httpClient(t, &dials)
 		seen := map[string]bool{}
 		for i := range 6 {
@@ -127,8 +128,8 @@ func TestPlainHTTP(t *testing.T) {
 			}
 			seen[name] = true
 		}
-		if dials != 1 {
-			t.Errorf("6 sequential GETs opened %d connections, want 1 (keep-alive)", dials)
+		if n := dials.Load(); n != 1 {
+			t.Errorf("6 sequential GETs opened %d connections, want 1 (keep-alive)", n)
 		}
 		t.Logf("backends seen over one connection: %v", seen)
 

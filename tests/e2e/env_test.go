@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -237,10 +238,10 @@ func (d *daemon) rawUpgrade(t *testing.T, target string, extra []byte) (*net.TCP
 
 // httpClient makes plain HTTP requests through the daemon from the client
 // namespace, and counts the TCP connections it opens.
-func (d *daemon) httpClient(t *testing.T, dials *int) *http.Client {
+func (d *daemon) httpClient(t *testing.T, dials *atomic.Int32) *http.Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			*dials++
+			dials.Add(1)
 			return d.e.topo.Client.DialContext(ctx, network, addr)
 		},
 		MaxIdleConnsPerHost: 1,

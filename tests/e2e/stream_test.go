@@ -101,68 +101,102 @@ func TestBackendKilled(t *testing.T) {
 }
 
 // TestStatsCountBytes: during a transfer /debug/stats shows the pair
-// spliced and the bytes counted on the data path that moved them: on
-// sockmap, sockets in the kernel maps and bytes_kernel grown by about the
-// bytes sent both ways; on userspace, bytes_userspace.
+// spliced and the bytes counted on the data path that moved them. On
+// sockmap: sockets in the kernel maps, and bytes_kernel grown by about the
+// bytes sent both ways (at least half of a bulk stream, where userspace
+// may take over while a peer is full, and nearly all of a ping-pong, where
+// no peer ever is). On userspace: bytes_userspace, and map_entries -1.
 func TestStatsCountBytes(t *testing.T) {
 	e := newEnv(t)
 	n := size(t, "WSPLICE_BULK_BYTES", 64<<20, 4<<20)
+	rounds := int(size(t, "WSPLICE_PINGPONG_ROUNDS", 1000, 100))
 	forEachDataplane(t, func(t *testing.T, dp string) {
 		d := e.startDaemon(t, dp)
-		c, br, _ := d.rawUpgrade(t, "/?raw=1", nil)
-		c.SetDeadline(time.Now().Add(60 * time.Second))
-		before := d.stats(t)
 
-		werr := make(chan error, 1)
-		go func() {
-			_, err := io.Copy(c, io.LimitReader(rand.NewChaCha8(seed(2)), n))
-			werr <- err
-		}()
-		got, err := compareStream(io.LimitReader(br, n), rand.NewChaCha8(seed(2)), n)
-		if err := <-werr; err != nil {
-			t.Fatal(err)
-		}
-		if err != nil {
-			t.Fatalf("echo: got %s of %s: %v", mib(got), mib(n), err)
-		}
-		// Both directions are done; the connection is still open.
-		moved := uint64(2 * n)
-		during := d.waitStats(t, 2*time.Second, fmt.Sprintf("%d bytes counted", moved), func(s stats) bool {
-			return s.BytesKernel+s.BytesUserspace-before.BytesKernel-before.BytesUserspace >= moved
+		t.Run("bulk", func(t *testing.T) {
+			c, br, _ := d.rawUpgrade(t, "/?raw=1", nil)
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			before := d.stats(t)
+			werr := make(chan error, 1)
+			go func() {
+				_, err := io.Copy(c, io.LimitReader(rand.NewChaCha8(seed(2)), n))
+				werr <- err
+			}()
+			got, err := compareStream(io.LimitReader(br, n), rand.NewChaCha8(seed(2)), n)
+			if err := <-werr; err != nil {
+				t.Fatal(err)
+			}
+			if err != nil {
+				t.Fatalf("echo: got %s of %s: %v", mib(got), mib(n), err)
+			}
+			// Both directions are done; the pair is still spliced.
+			checkByteCounts(t, d, before, uint64(2*n), 0.5)
+			c.CloseWrite()
+			if _, err := br.Read(make([]byte, 1)); err != io.EOF {
+				t.Errorf("after half-close, read %v, want EOF", err)
+			}
+			c.Close()
+			d.idle(t)
 		})
-		kernel := during.BytesKernel - before.BytesKernel
-		user := during.BytesUserspace - before.BytesUserspace
-		t.Logf("moved %s each way: bytes_kernel +%d, bytes_userspace +%d, map_entries %d", mib(n), kernel, user, during.MapEntries)
-		if during.Dataplane != dp || during.Spliced != 1 {
-			t.Errorf("stats dataplane %q spliced %d, want %s and 1", during.Dataplane, during.Spliced, dp)
-		}
-		// Slack for bytes flushed by userspace around the splice.
-		const slack = 64 << 10
-		if kernel+user > moved+slack {
-			t.Errorf("counted %d bytes, more than the %d moved", kernel+user, moved)
-		}
-		switch dp {
-		case "sockmap":
-			if during.MapEntries <= 0 {
-				t.Errorf("map_entries %d while a pair is spliced, want > 0", during.MapEntries)
+
+		t.Run("ping_pong", func(t *testing.T) {
+			c, br, _ := d.rawUpgrade(t, "/?raw=1", nil)
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			before := d.stats(t)
+			msg, echo := make([]byte, 4<<10), make([]byte, 4<<10)
+			rng := rand.NewChaCha8(seed(4))
+			for i := range rounds {
+				rng.Read(msg)
+				if _, err := c.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(br, echo); err != nil {
+					t.Fatalf("round %d: %v", i, err)
+				}
+				if !bytes.Equal(msg, echo) {
+					t.Fatalf("round %d: echo differs", i)
+				}
 			}
-			// Most bytes must have gone through the kernel;
-			// userspace only takes over while a peer is full.
-			if kernel < moved/2 {
-				t.Errorf("bytes_kernel grew by %d of %d bytes moved: the kernel path was not used", kernel, moved)
-			}
-		case "userspace":
-			if during.MapEntries != -1 || kernel != 0 {
-				t.Errorf("userspace: map_entries %d, bytes_kernel +%d; want -1 and 0", during.MapEntries, kernel)
-			}
-		}
-		c.CloseWrite()
-		if _, err := br.Read(make([]byte, 1)); err != io.EOF {
-			t.Errorf("after half-close, read %v, want EOF", err)
-		}
-		c.Close()
-		d.idle(t)
+			checkByteCounts(t, d, before, uint64(2*rounds*len(msg)), 0.9)
+			c.Close()
+			d.idle(t)
+		})
 	})
+}
+
+// checkByteCounts checks /debug/stats once moved bytes were relayed since
+// before, with at least kernelShare of them by the kernel on sockmap.
+func checkByteCounts(t *testing.T, d *daemon, before stats, moved uint64, kernelShare float64) {
+	t.Helper()
+	during := d.waitStats(t, 2*time.Second, fmt.Sprintf("%d bytes counted", moved), func(s stats) bool {
+		return s.BytesKernel+s.BytesUserspace-before.BytesKernel-before.BytesUserspace >= moved
+	})
+	kernel := during.BytesKernel - before.BytesKernel
+	user := during.BytesUserspace - before.BytesUserspace
+	t.Logf("moved %d bytes: bytes_kernel +%d (%.1f%%), bytes_userspace +%d, map_entries %d",
+		moved, kernel, 100*float64(kernel)/float64(moved), user, during.MapEntries)
+	if during.Dataplane != d.dp || during.Spliced != 1 {
+		t.Errorf("stats dataplane %q spliced %d, want %s and 1", during.Dataplane, during.Spliced, d.dp)
+	}
+	// Slack for bytes flushed by userspace around the splice.
+	const slack = 64 << 10
+	if kernel+user > moved+slack {
+		t.Errorf("counted %d bytes, more than the %d moved", kernel+user, moved)
+	}
+	switch d.dp {
+	case "sockmap":
+		if during.MapEntries <= 0 {
+			t.Errorf("map_entries %d while a pair is spliced, want > 0", during.MapEntries)
+		}
+		if float64(kernel) < kernelShare*float64(moved) {
+			t.Errorf("bytes_kernel grew by %d of %d bytes moved, want at least %.0f%%: the kernel path was hardly used",
+				kernel, moved, 100*kernelShare)
+		}
+	case "userspace":
+		if during.MapEntries != -1 || kernel != 0 {
+			t.Errorf("userspace: map_entries %d, bytes_kernel +%d; want -1 and 0", during.MapEntries, kernel)
+		}
+	}
 }
 
 func seed(n byte) [32]byte { return [32]byte{n} }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,6 +25,7 @@ func TestStress(t *testing.T) {
 	conns := size(t, "WSPLICE_STRESS_CONNS", 32, 8)
 	maxSize := int(size(t, "WSPLICE_STRESS_MAX_SIZE", 1<<20, 64<<10))
 	timeout := time.Duration(size(t, "WSPLICE_STRESS_TIMEOUT_SECONDS", 300, 60)) * time.Second
+	const stallAfter = 20 * time.Second
 	// Messages are slices of one random buffer at random offsets: cheap to
 	// make and to compare, and a misplaced or reordered slice shows.
 	data := make([]byte, 2*maxSize)
@@ -35,31 +37,62 @@ func TestStress(t *testing.T) {
 		for i := range wss {
 			wss[i], _ = d.dialWS(t, fmt.Sprintf("/stress/%d", i))
 		}
-		// On timeout, closing the connections ends every goroutine.
-		var timedOut atomic.Bool
-		timer := time.AfterFunc(timeout, func() {
-			timedOut.Store(true)
-			for _, ws := range wss {
-				ws.NetConn().Close()
-			}
-		})
-		defer timer.Stop()
-
 		start := time.Now()
 		var bytesEchoed atomic.Int64
+		progress := make([]atomic.Int64, conns) // messages echoed, per connection
+		want := make([]int64, conns)
 		var wg sync.WaitGroup
 		errs := make([]error, conns)
 		for i, ws := range wss {
-			n := total / conns
+			want[i] = total / conns
 			if int64(i) < total%conns {
-				n++
+				want[i]++
 			}
-			wg.Go(func() { errs[i] = stressConn(ws, uint64(i), n, data, maxSize, &bytesEchoed) })
+			wg.Go(func() { errs[i] = stressConn(ws, uint64(i), want[i], data, maxSize, &bytesEchoed, &progress[i]) })
 		}
+		// A watchdog ends the test early when echoes stop coming, and at
+		// the timeout: closing the connections ends every goroutine.
+		done := make(chan struct{})
+		var stalled atomic.Value
+		go func() {
+			last, lastChange := int64(-1), time.Now()
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(time.Second):
+				}
+				now := bytesEchoed.Load()
+				if now != last {
+					last, lastChange = now, time.Now()
+				}
+				var why string
+				switch {
+				case time.Since(lastChange) > stallAfter:
+					why = fmt.Sprintf("no echo for %v", stallAfter)
+				case time.Since(start) > timeout:
+					why = fmt.Sprintf("not done after %v", timeout)
+				default:
+					continue
+				}
+				stalled.Store(why)
+				for _, ws := range wss {
+					ws.NetConn().Close()
+				}
+				return
+			}
+		}()
 		wg.Wait()
+		close(done)
 		took := time.Since(start)
-		if timedOut.Load() {
-			t.Fatalf("not done after %v: %s echoed", timeout, mib(bytesEchoed.Load()))
+		if why, ok := stalled.Load().(string); ok {
+			var unfinished []string
+			for i := range progress {
+				if got := progress[i].Load(); got < want[i] {
+					unfinished = append(unfinished, fmt.Sprintf("conn %d at %d/%d", i, got, want[i]))
+				}
+			}
+			t.Fatalf("%s: %s of messages echoed; unfinished: %s", why, mib(bytesEchoed.Load()), strings.Join(unfinished, ", "))
 		}
 		if err := errors.Join(errs...); err != nil {
 			t.Fatal(err)
@@ -81,7 +114,7 @@ func messageShape(rng *rand.Rand, maxSize int) (size, off int) {
 
 // stressConn sends n messages while reading their echoes, and closes with
 // a closing handshake.
-func stressConn(ws *websocket.Conn, id uint64, n int64, data []byte, maxSize int, echoed *atomic.Int64) error {
+func stressConn(ws *websocket.Conn, id uint64, n int64, data []byte, maxSize int, echoed, messages *atomic.Int64) error {
 	werr := make(chan error, 1)
 	go func() {
 		rng := rand.New(rand.NewPCG(id, 1))
@@ -110,6 +143,7 @@ func stressConn(ws *websocket.Conn, id uint64, n int64, data []byte, maxSize int
 			return fmt.Errorf("conn %d: message %d: echo of %d bytes differs from what was sent", id, i, size)
 		}
 		echoed.Add(int64(size))
+		messages.Add(1)
 	}
 	if err := <-werr; err != nil {
 		return err
