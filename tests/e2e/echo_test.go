@@ -25,7 +25,7 @@ func TestEcho(t *testing.T) {
 		t.Run("round_trip", func(t *testing.T) {
 			ws, _ := d.dialWS(t, "/echo")
 			rng := rand.NewChaCha8([32]byte{1})
-			big := make([]byte, size(t, "WSPLICE_ECHO_BIG", 16<<20, 1<<20))
+			big := make([]byte, size(t, "WSPLICE_ECHO_BIG", 64<<20, 1<<20))
 			rng.Read(big)
 			msgs := []struct {
 				typ  int

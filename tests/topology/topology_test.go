@@ -16,6 +16,7 @@ import (
 // the address of their shared link, and that the namespaces are gone after
 // cleanup.
 func TestTopology(t *testing.T) {
+	topology.RequirePrivileged(t)
 	var names []string
 	t.Run("build", func(t *testing.T) {
 		topo := topology.New(t)
