@@ -1,0 +1,314 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+func TestHelp(t *testing.T) {
+	var out bytes.Buffer
+	if err := run([]string{"-help"}, &out, &out); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("run -help: %v, want flag.ErrHelp", err)
+	}
+	for _, f := range []string{"-listen", "-name", "-redis", "-channel"} {
+		if !strings.Contains(out.String(), f) {
+			t.Errorf("help does not list %s:\n%s", f, out.String())
+		}
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--redis", "nohostport"},
+		{"--name", ""},
+		{"--history", "-1"},
+		{"--log-format", "xml"},
+		{"extra"},
+	} {
+		if err := run(args, io.Discard, io.Discard); err == nil {
+			t.Errorf("run %q: no error", args)
+		}
+	}
+}
+
+// TestRedisUnreachable: without Redis the backend refuses to start, saying
+// why, instead of serving a page whose messages go nowhere.
+func TestRedisUnreachable(t *testing.T) {
+	addr := closedPort(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cfg, err := parseFlags([]string{"--listen", "127.0.0.1:0", "--redis", addr}, io.Discard, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = serve(ctx, cfg)
+	if err == nil || !strings.Contains(err.Error(), "connect to redis at "+addr) {
+		t.Fatalf("serve without redis: %v, want a connect to redis error", err)
+	}
+}
+
+// TestTwoBackends: two instances on one Redis server; a message sent to
+// one reaches the clients of both, once, in order, and a client that
+// connects later gets it from the history.
+func TestTwoBackends(t *testing.T) {
+	addr := startRedis(t)
+	b1 := newTestBackend(t, "chat-1", addr)
+	b2 := newTestBackend(t, "chat-2", addr)
+
+	alice := dial(t, b1)
+	bob := dial(t, b2)
+	if got := alice.hello(t); got != "chat-1" {
+		t.Errorf("alice's hello names %q, want chat-1", got)
+	}
+	if got := bob.hello(t); got != "chat-2" {
+		t.Errorf("bob's hello names %q, want chat-2", got)
+	}
+	alice.history(t, 0)
+	bob.history(t, 0)
+
+	alice.send(t, map[string]string{"type": "message", "id": "a-1", "user": " alice ", "text": "hi bob"})
+	bob.send(t, map[string]string{"type": "message", "id": "b-1", "user": "bob", "text": "hi alice"})
+	// Sent again, as a page does after a reconnect: published once.
+	alice.send(t, map[string]string{"type": "message", "id": "a-1", "user": "alice", "text": "hi bob"})
+	alice.send(t, map[string]string{"type": "message", "id": "a-2", "user": "alice", "text": "how are you?"})
+
+	var seqs [2][]int64
+	for i, c := range []*wsClient{alice, bob} {
+		var ids []string
+		for range 3 {
+			m := c.message(t)
+			ids = append(ids, m.ID)
+			seqs[i] = append(seqs[i], m.Seq)
+			if m.ID == "a-1" && (m.User != "alice" || m.Text != "hi bob" || m.Backend != "chat-1" || m.Time == 0) {
+				t.Errorf("a-1 arrived as %+v", m)
+			}
+		}
+		// a-1 before a-2: one client's messages keep their order.
+		if strings.Join(ids, ",") != "a-1,b-1,a-2" && strings.Join(ids, ",") != "b-1,a-1,a-2" {
+			t.Errorf("client %d got %v, want a-1 before a-2 and b-1 once each", i, ids)
+		}
+	}
+	if fmt.Sprint(seqs[0]) != fmt.Sprint(seqs[1]) {
+		t.Errorf("the two backends' clients saw sequences %v and %v, want the same", seqs[0], seqs[1])
+	}
+	alice.expectNothing(t, 300*time.Millisecond)
+
+	carol := dial(t, b2)
+	carol.hello(t)
+	hist := carol.history(t, 3)
+	if hist[0].Seq >= hist[1].Seq || hist[1].Seq >= hist[2].Seq || hist[2].ID != "a-2" {
+		t.Errorf("history %+v, want 3 messages in sequence order ending with a-2", hist)
+	}
+
+	carol.send(t, map[string]string{"type": "message", "id": "bad id!", "user": "carol", "text": "x"})
+	carol.send(t, map[string]string{"type": "message", "id": "c-1", "user": "", "text": "x"})
+	carol.send(t, map[string]string{"type": "message", "id": "c-2", "user": "carol", "text": strings.Repeat("x", maxText+1)})
+	carol.send(t, map[string]string{"type": "nope"})
+	for range 4 {
+		if f := carol.frame(t); f.Type != "error" || f.Error == "" {
+			t.Errorf("invalid message answered with %+v, want an error frame", f)
+		}
+	}
+	carol.send(t, map[string]string{"type": "ping"})
+	if f := carol.frame(t); f.Type != "pong" {
+		t.Errorf("ping answered with %+v, want pong", f)
+	}
+}
+
+// TestHealth: /healthz is 200 while Redis answers and 503 once it is gone.
+func TestHealth(t *testing.T) {
+	addr := startRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { rdb.Close() })
+	b := newTestBackend(t, "chat-1", addr)
+	if code, body := get(t, b.URL+"/healthz"); code != 200 || body != "ok\n" {
+		t.Fatalf("healthz with redis: %d %q, want 200 ok", code, body)
+	}
+	if code, body := get(t, b.URL+"/"); code != 200 || !strings.Contains(body, "Set as username") {
+		t.Errorf("GET /: %d, want 200 and the page", code)
+	}
+	if code, _ := get(t, b.URL+"/app.js"); code != 200 {
+		t.Errorf("GET /app.js: %d, want 200", code)
+	}
+	rdb.Shutdown(context.Background())
+	if code, body := get(t, b.URL+"/healthz"); code != 503 || !strings.HasPrefix(body, "redis: ") {
+		t.Fatalf("healthz without redis: %d %q, want 503 redis: ...", code, body)
+	}
+}
+
+// startRedis starts a real redis-server on a free loopback port, without
+// persistence, and stops it when t ends.
+func startRedis(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		msg := "redis-server is not installed: apt-get install redis-server (scripts/provision.sh does)"
+		if os.Getenv("WSPLICE_REQUIRE_PRIV") == "1" {
+			t.Fatalf("%s (WSPLICE_REQUIRE_PRIV=1, so this is a failure, not a skip)", msg)
+		}
+		t.Skip(msg)
+	}
+	dir := t.TempDir()
+	port := strings.TrimPrefix(closedPort(t), "127.0.0.1:")
+	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	addr := "127.0.0.1:" + port
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for rdb.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+			t.Fatalf("redis-server on %s did not answer within 10 s:\n%s", addr, log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return addr
+}
+
+func newTestBackend(t *testing.T, name, redisAddr string) *httptest.Server {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: redisAddr})
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := newChatServer(ctx, name, "test-chat", 10, rdb, zerolog.Nop())
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s)
+	t.Cleanup(func() {
+		s.close()
+		srv.Close()
+		cancel()
+		rdb.Close()
+	})
+	return srv
+}
+
+// closedPort returns a loopback address nothing listens on (any more).
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+type wsClient struct{ conn *websocket.Conn }
+
+type frame struct {
+	Type     string        `json:"type"`
+	Backend  string        `json:"backend"`
+	Error    string        `json:"error"`
+	Message  wireMessage   `json:"message"`
+	Messages []wireMessage `json:"messages"`
+}
+
+type wireMessage struct {
+	chatMessage
+	Seq int64 `json:"seq"`
+}
+
+func dial(t *testing.T, srv *httptest.Server) *wsClient {
+	t.Helper()
+	u := "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"
+	conn, resp, err := websocket.DefaultDialer.Dial(u, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", u, err)
+	}
+	resp.Body.Close()
+	t.Cleanup(func() { conn.Close() })
+	return &wsClient{conn: conn}
+}
+
+func (c *wsClient) send(t *testing.T, v any) {
+	t.Helper()
+	if err := c.conn.WriteJSON(v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *wsClient) frame(t *testing.T) frame {
+	t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var f frame
+	if err := c.conn.ReadJSON(&f); err != nil {
+		t.Fatalf("read frame: %v", err)
+	}
+	return f
+}
+
+func (c *wsClient) hello(t *testing.T) string {
+	t.Helper()
+	f := c.frame(t)
+	if f.Type != "hello" {
+		t.Fatalf("first frame %+v, want hello", f)
+	}
+	return f.Backend
+}
+
+func (c *wsClient) history(t *testing.T, want int) []wireMessage {
+	t.Helper()
+	f := c.frame(t)
+	if f.Type != "history" || len(f.Messages) != want {
+		t.Fatalf("second frame %+v, want a history of %d messages", f, want)
+	}
+	return f.Messages
+}
+
+func (c *wsClient) message(t *testing.T) wireMessage {
+	t.Helper()
+	f := c.frame(t)
+	if f.Type != "message" {
+		t.Fatalf("frame %+v, want a message", f)
+	}
+	return f.Message
+}
+
+func (c *wsClient) expectNothing(t *testing.T, d time.Duration) {
+	t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(d))
+	_, b, err := c.conn.ReadMessage()
+	var ne net.Error
+	if err == nil {
+		t.Fatalf("unexpected frame %s", b)
+	}
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("read: %v, want a timeout", err)
+	}
+}
