@@ -118,7 +118,11 @@ func (s *echoServer) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	case q.Get("raw") == "1" && q.Has("send"):
 		err = s.sendRaw(conn, q.Get("send"))
 	case q.Get("raw") == "1":
-		err = echoRaw(conn)
+		var n int64
+		n, err = echoRaw(conn)
+		// Info, not debug: when a client gets less back than it sent,
+		// this says on which side of the proxy the bytes went missing.
+		log.Info().Err(err).Int64("bytes", n).Msg("raw echo done")
 	case q.Has("push"):
 		err = s.push(ws, q.Get("push"), q.Get("id"))
 	default:
@@ -150,15 +154,17 @@ func echo(ws *websocket.Conn) error {
 }
 
 // echoRaw treats the connection as a byte stream after the 101: it echoes
-// every byte and half-closes once the client has.
-func echoRaw(c *handshakeConn) error {
+// every byte and half-closes once the client has. It returns the bytes
+// echoed.
+func echoRaw(c *handshakeConn) (int64, error) {
 	// Copy from c.r, not c: c embeds *net.TCPConn, so io.Copy would see a
 	// syscall.Conn and splice(2) straight from the socket, skipping the
 	// bytes buffered before the hijack. c.r hands those out first.
-	if _, err := io.Copy(c.TCPConn, c.r); err != nil {
-		return fmt.Errorf("echo raw: %w", err)
+	n, err := io.Copy(c.TCPConn, c.r)
+	if err != nil {
+		return n, fmt.Errorf("echo raw: %w", err)
 	}
-	return c.CloseWrite()
+	return n, c.CloseWrite()
 }
 
 // sendRaw writes n bytes of the pattern after the 101 and closes.
