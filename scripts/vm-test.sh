@@ -17,9 +17,10 @@
 # Environment:
 #   VM_TEST_PKGS  packages to compile into test binaries, space-separated,
 #                 each PKG[:RUN[:SKIP]] with optional -test.run and -test.skip
-#                 regexps. Default: ./loader/ plus every package with a test
-#                 file built under the 'vmtest' tag (//go:build vmtest); all
-#                 are compiled with -tags vmtest.
+#                 regexps. Default: ./loader/, ./tests/topology/,
+#                 ./tests/e2e/ (but TestNodeClient) and every package with a
+#                 test file built under the 'vmtest' tag (//go:build vmtest);
+#                 all are compiled with -tags vmtest.
 #   VM_TEST_ARGS  flags for every test binary (default below: verbose, short)
 #   VM_MODULES    kernel modules to pack and load (default below: tls, veth,
 #                 the kTLS ciphers)
@@ -47,8 +48,10 @@ smp=${VM_SMP:-2}
 # below the VM's own timeout, so that a hang ends with a goroutine dump.
 test_args=${VM_TEST_ARGS:--test.v -test.short -test.count=1 -test.timeout=10m}
 # tls and its ciphers (crypto templates are found at run time, not through
-# module dependencies, so they are listed here); veth for network namespaces.
-modules=${VM_MODULES:-tls gcm ctr ghash-generic ghash-clmulni-intel aesni-intel ccm chacha20poly1305 chacha-x86_64 poly1305-x86_64 veth}
+# module dependencies, so they are listed here); veth for network namespaces;
+# xfrm_user and nfnetlink because vishvananda/netlink opens a socket of each of
+# their netlink families in every handle (tests/topology), and fails without.
+modules=${VM_MODULES:-tls gcm ctr ghash-generic ghash-clmulni-intel aesni-intel ccm chacha20poly1305 chacha-x86_64 poly1305-x86_64 veth xfrm_user nfnetlink}
 go=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 
 list_kernels=0
@@ -59,7 +62,7 @@ while (($#)); do
 	--timeout) (($# >= 2)) || die "--timeout needs a value"; timeout=$2; shift 2 ;;
 	--timeout=*) timeout=${1#*=}; shift ;;
 	--list-kernels) list_kernels=1; shift ;;
-	-h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
 	*) die "unknown argument '$1' (try --help)" ;;
 	esac
 done
@@ -189,10 +192,18 @@ cd "$repo"
 if [[ -n ${VM_TEST_PKGS:-} ]]; then
 	read -r -a pkgs <<<"$VM_TEST_PKGS"
 else
-	pkgs=(./loader/)
+	# The kernel-path tests and the end-to-end tests of the binaries (they
+	# need network namespaces and veth, which the VM has, and `go build`,
+	# which scripts/vm/go stands in for). Left out: TestNodeClient (needs
+	# node and its modules: a dynamically linked runtime with a tree of
+	# libraries, too much for the initramfs) and tests/chat (needs
+	# redis-server).
+	pkgs=(./loader/ ./tests/topology/ ./tests/e2e/::TestNodeClient)
 	# Packages that keep tests for the VM behind the vmtest build tag.
 	while read -r d; do
-		[[ " ${pkgs[*]} " == *" ./$d/ "* ]] || pkgs+=("./$d/")
+		listed=0
+		for spec in "${pkgs[@]}"; do [[ ${spec%%:*} == "./$d/" ]] && listed=1; done
+		((listed)) || pkgs+=("./$d/")
 	done < <(grep -rlE --include='*_test.go' --exclude-dir=tmp --exclude-dir=node_modules \
 		'^//go:build .*\bvmtest\b' . 2>/dev/null | xargs -r -n1 dirname | sed 's|^\./||' | sort -u)
 fi
@@ -216,6 +227,13 @@ for spec in "${pkgs[@]}"; do
 	[[ -d $rel/testdata ]] && cp -a "$rel/testdata" "$root/wsplice/src/$rel/"
 	printf '%s|%s|%s|%s|%s\n' "$name" "/wsplice/tests/$name.test" "/wsplice/src/$rel" "$run" "$skip" >>"$root/wsplice/tests.list"
 done
+# The commands, for tests that run them: the end-to-end tests build them with
+# `go build`, which scripts/vm/go answers from these prebuilt copies.
+for d in cmd/*/; do
+	[[ -f ${d}main.go ]] || continue
+	CGO_ENABLED=0 "$go" build -o "$root/wsplice/bin/$(basename "$d")" "./$d" || die "go build ./$d failed"
+done
+install -m 0755 "$repo/scripts/vm/go" "$root/usr/local/bin/go"
 [[ -s $root/wsplice/tests.list ]] || die "no test binary to run (VM_TEST_PKGS='${VM_TEST_PKGS:-}')"
 
 # Kernel modules: each listed one with its dependencies (depends= in the
