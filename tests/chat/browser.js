@@ -4,7 +4,8 @@
 //   node browser.js CONFIG.json
 //
 // CONFIG: {url, label, artifacts, chromium, backends: [name, name],
-// scenario: "conversation" | "failure", ignoreCertErrors, timeoutMs}.
+// scenario: "conversation" | "failure", spki, timeoutMs}; spki is the
+// base64 SHA-256 of the wss certificate's public key.
 //
 // It talks to the test on stdout, one line each:
 //   LOG text            progress, for the test log
@@ -61,7 +62,6 @@ const overall = setTimeout(() => shutdown(`timed out after ${cfg.timeoutMs} ms`,
 async function openUser(name) {
 	const context = await browser.newContext({
 		viewport: { width: 560, height: 640 },
-		ignoreHTTPSErrors: !!cfg.ignoreCertErrors,
 	});
 	const page = await context.newPage();
 	const u = { name, context, page, websockets: [], console: [], errors: [], sent: [] };
@@ -200,7 +200,10 @@ async function main() {
 		// add noise and delay.
 		args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
 			'--disable-background-networking', '--disable-component-update', '--disable-sync',
-			'--disable-dev-shm-usage'],
+			'--disable-dev-shm-usage',
+			// wss: trust the test's certificate by its key, and nothing
+			// else (honoured because Playwright sets --user-data-dir).
+			...(cfg.spki ? [`--ignore-certificate-errors-spki-list=${cfg.spki}`] : [])],
 	});
 	log(`chromium ${browser.version()}`);
 	const alice = await openUser('alice');
