@@ -6,7 +6,8 @@
 # `make demo` call it (and `make bench` will).
 #
 # Usage: scripts/provision.sh [--demo]
-#   --demo   only what `make demo` needs (Go, curl, ss, the Node test client)
+#   --demo   only what `make demo` needs (Go, curl, ss, Redis, openssl, the
+#            Node test client)
 #
 # Runs as root, or re-runs itself through sudo.
 set -euo pipefail
@@ -21,7 +22,7 @@ for arg in "$@"; do
 	case "$arg" in
 	--demo) profile=demo ;;
 	-h | --help)
-		sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*) die "unknown argument '$arg' (try --help)" ;;
@@ -59,10 +60,18 @@ has_candidate() { apt-cache show "$1" >/dev/null 2>&1; }
 # Packages by purpose. clang-16 is the clang `make generate` is pinned to;
 # llvm-16 gives llvm-strip-16, which bpf2go picks for clang-16.
 pkgs=(ca-certificates curl procps iproute2 git make)
+# The chat room of the demo and of tests/chat: Redis, and openssl for the
+# demo's self-signed certificate.
+pkgs+=(redis-server openssl)
 if [[ $profile == full ]]; then
 	pkgs+=(gcc clang-16 llvm-16 libbpf-dev ruby bpftool)
 fi
-if [[ -f "$repo/tests/node/package-lock.json" ]] && ! command -v npm >/dev/null; then
+# tests/chat drives Debian's Chromium with playwright-core (no browser download).
+if [[ $profile == full ]]; then
+	pkgs+=(chromium)
+fi
+if [[ -f "$repo/tests/node/package-lock.json" || ($profile == full && -f "$repo/tests/chat/package-lock.json") ]] &&
+	! command -v npm >/dev/null; then
 	pkgs+=(nodejs npm)
 fi
 
@@ -82,6 +91,11 @@ if ((${#missing[@]})); then
 			else
 				resolved+=(linux-tools-common linux-tools-generic)
 			fi
+			continue
+		fi
+		# Ubuntu has Chromium only as a snap, which tests/chat cannot use.
+		if [[ $p == chromium ]] && ! has_candidate chromium; then
+			say "warning: no chromium package on ${PRETTY_NAME:-this system}: tests/chat will skip (fail under WSPLICE_REQUIRE_PRIV=1)"
 			continue
 		fi
 		has_candidate "$p" || die "package '$p' is not available from apt on ${PRETTY_NAME:-this system}"
@@ -155,27 +169,34 @@ else
 	say "go: $(/usr/local/go/bin/go version)"
 fi
 
-# The Node test client (ws), when tests/node has a lockfile. npm ci wipes
-# node_modules, so it runs only when the lockfile changed since the last run.
-node_dir="$repo/tests/node"
-if [[ -f "$node_dir/package-lock.json" ]]; then
+# Node dependencies, for each directory with a lockfile: the test client
+# (ws) in tests/node, and for the full profile playwright-core in
+# tests/chat. npm ci wipes node_modules, so it runs only when the lockfile
+# changed since the last run.
+node_dirs=("$repo/tests/node")
+if [[ $profile == full ]]; then
+	node_dirs+=("$repo/tests/chat")
+fi
+for node_dir in "${node_dirs[@]}"; do
+	[[ -f "$node_dir/package-lock.json" ]] || continue
+	rel=${node_dir#"$repo/"}
 	command -v npm >/dev/null || die "npm not found after installing it"
 	stamp="$node_dir/node_modules/.wsplice-provisioned"
 	sum=$(sha256sum "$node_dir/package-lock.json" "$node_dir/package.json" 2>/dev/null | sha256sum | cut -d' ' -f1)
 	if [[ -f $stamp && "$(cat "$stamp")" == "$sum" ]]; then
-		say "tests/node: node_modules up to date"
+		say "$rel: node_modules up to date"
 	else
 		# Install as whoever owns the checkout, so that a provision run
 		# through sudo leaves no root-owned files in a user's tree.
 		owner=$(stat -c %U "$node_dir")
 		run_as=()
 		[[ $owner != root && $owner != UNKNOWN ]] && run_as=(runuser -u "$owner" --)
-		say "tests/node: npm ci${run_as:+ (as $owner)}"
+		say "$rel: npm ci${run_as:+ (as $owner)}"
 		(cd "$node_dir" && "${run_as[@]}" npm ci --no-audit --no-fund --no-progress --loglevel=error) ||
-			die "npm ci in tests/node failed"
+			die "npm ci in $rel failed"
 		echo "$sum" | "${run_as[@]}" tee "$stamp" >/dev/null
 	fi
-fi
+done
 
 # What the kernel path needs at run time: say so now rather than at start-up.
 if [[ $profile == full ]]; then
