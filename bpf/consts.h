@@ -12,6 +12,11 @@
 #define WSPLICE_EVENTS_BYTES (256 * 1024)
 #endif
 
+/* Default for the backlog_floor variable, in bytes. */
+#ifndef WSPLICE_BACKLOG_FLOOR
+#define WSPLICE_BACKLOG_FLOOR (1 << 20)
+#endif
+
 /* conn_ctl.mode */
 enum wsplice_mode {
 	/* Userspace owns the stream (handshake): every byte goes to the

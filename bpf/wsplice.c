@@ -16,10 +16,17 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-/* peer_room tells whether the peer can take len more bytes: what sits in
- * its send queue plus what was redirected but not yet written into it
- * (the psock backlog, drained by a kworker) must stay within its sndbuf.
- * On success it also returns the peer's write_seq. */
+/* Least backlog (bytes redirected to a peer but not yet written into it)
+ * allowed before passing; set by the loader before load. A peer's own
+ * sk_sndbuf raises it. Too small and a kworker scheduled late sends bulk
+ * flows down the slow path; the cost of a stalled reader is this plus its
+ * send buffer. */
+volatile const __u32 backlog_floor = WSPLICE_BACKLOG_FLOOR;
+
+/* peer_room tells whether the peer can take more bytes: what was
+ * redirected but not yet written into it (the psock backlog, drained by a
+ * kworker, which no socket accounting sees) must stay within its sndbuf.
+ * It also returns the peer's write_seq. */
 static __always_inline int peer_room(__u64 *peer_cookie, struct conn_stats *st,
 				     __u32 *write_seq)
 {
@@ -35,10 +42,18 @@ static __always_inline int peer_room(__u64 *peer_cookie, struct conn_stats *st,
 		struct sock___ws *s = (struct sock___ws *)tp;
 		__u32 seq = tp->write_seq;
 		__u32 backlog = st->redirecting ? st->peer_seq_goal - seq : 0;
-		__s64 queued = (__s64)s->sk_wmem_queued + backlog;
 
 		*write_seq = seq;
-		ok = queued < (__s64)s->sk_sndbuf;
+		/* The send queue itself is capped at sk_sndbuf by TCP (the
+		 * kworker gets EAGAIN and retries); the backlog we cap at
+		 * max(sk_sndbuf, backlog_floor), so a stalled reader costs a
+		 * bounded amount, while a bulk flow, whose send queue sits full
+		 * by design, keeps redirecting. */
+		__s64 limit = s->sk_sndbuf;
+
+		if (limit < backlog_floor)
+			limit = backlog_floor;
+		ok = (__s64)backlog < limit;
 	}
 	bpf_sk_release(sk);
 	return ok;

@@ -55,6 +55,14 @@ func (s *Splicer) kick(sk *sock, events uint32) {
 // full, or userspace still had passed bytes), then hands the direction
 // back to the kernel; on FIN it propagates the half-close once every byte
 // is in the peer; on error it propagates RST.
+//
+// Each round peeks at the passed bytes, writes them to the peer, publishes
+// them as consumed and only then takes them off the queue. Publishing
+// before consuming is what lets a busy stream return to the kernel: the
+// verdict may redirect the next segment as soon as consumed == passed,
+// and everything before it is already in the peer. Consuming first would
+// reopen the TCP window before the verdict may redirect, so a sender that
+// never pauses would keep the stream in userspace for good.
 func (s *Splicer) drain(src *sock) {
 	p := src.pair
 	defer s.drains.Done()
@@ -69,60 +77,121 @@ func (s *Splicer) drain(src *sock) {
 		if err := s.waitPeer(src); err != nil {
 			return
 		}
-		n, err := unix.Read(src.fd, buf)
-		switch {
-		case n > 0:
-			if err := s.writeAll(p, dst.fd, buf[:n]); err != nil {
-				if !errors.Is(err, errPairClosed) {
-					s.abort(p, dst)
-				}
-				return
-			}
-			src.consumed += uint64(n)
-			dst.written += uint64(n)
-			s.bytesUser.Add(uint64(n))
-			if err := s.putCtl(src); err != nil {
-				s.log.Error().Err(err).Msg("update ctl after slow-path write")
-				s.abort(p, src)
-				return
-			}
-		case n == 0 && err == nil:
-			if s.finish(src) {
-				return
-			}
-		case errors.Is(err, unix.EAGAIN):
-			done, err := s.episodeDone(src)
-			if err != nil {
-				s.log.Error().Err(err).Msg("read pass counters")
-				s.abort(p, src)
-				return
-			}
-			if !done {
-				// Passed bytes are counted just before they are queued.
-				time.Sleep(50 * time.Microsecond)
-				continue
-			}
-			p.mu.Lock()
-			if src.again && !p.closed {
-				src.again = false
-				p.mu.Unlock()
-				continue
-			}
-			src.draining = false
-			if !p.closed {
-				s.rearm(src, false)
-			}
-			p.mu.Unlock()
-			return
-		case errors.Is(err, unix.EINTR):
-		default:
-			if p.isClosed() {
-				return
-			}
+		var st wspliceConnStats
+		if err := s.objs.StatsMap.Lookup(src.cookie, &st); err != nil {
+			s.log.Error().Err(err).Msg("read pass counters")
 			s.abort(p, src)
 			return
 		}
+		want := st.Passed - src.consumed
+		if want == 0 {
+			// Nothing passed is waiting: has the stream ended, or is
+			// the episode over?
+			n, _, err := unix.Recvfrom(src.fd, buf[:1], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			switch {
+			case n > 0 || errors.Is(err, unix.EINTR):
+				continue // passed after the lookup
+			case n == 0 && err == nil:
+				if s.finish(src) {
+					return
+				}
+				continue
+			case errors.Is(err, unix.EAGAIN):
+				if s.endEpisode(src) {
+					return
+				}
+				continue
+			default:
+				if !p.isClosed() {
+					s.abort(p, src)
+				}
+				return
+			}
+		}
+		n, _, err := unix.Recvfrom(src.fd, buf[:min(want, uint64(len(buf)))], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case n > 0:
+		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+			// Passed bytes are counted just before they are queued.
+			time.Sleep(50 * time.Microsecond)
+			continue
+		case n == 0 && err == nil:
+			s.log.Warn().Uint64("missing", want).Msg("stream ended before every passed byte was read")
+			if s.finish(src) {
+				return
+			}
+			continue
+		default:
+			if !p.isClosed() {
+				s.abort(p, src)
+			}
+			return
+		}
+		if err := s.writeAll(p, dst.fd, buf[:n]); err != nil {
+			if !errors.Is(err, errPairClosed) {
+				s.abort(p, dst)
+			}
+			return
+		}
+		src.consumed += uint64(n)
+		dst.written += uint64(n)
+		s.bytesUser.Add(uint64(n))
+		if err := s.putCtl(src); err != nil {
+			s.log.Error().Err(err).Msg("update ctl after slow-path write")
+			s.abort(p, src)
+			return
+		}
+		if err := discard(src.fd, buf[:n]); err != nil {
+			if !p.isClosed() {
+				s.abort(p, src)
+			}
+			return
+		}
 	}
+}
+
+// discard takes len(b) bytes, already peeked and forwarded, off the queue.
+func discard(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Read(fd, b)
+		switch {
+		case n > 0:
+			b = b[n:]
+		case errors.Is(err, unix.EINTR):
+		case err != nil:
+			return err
+		default:
+			return errors.New("stream ended inside peeked bytes")
+		}
+	}
+	return nil
+}
+
+// endEpisode is called when nothing passed waits in src's queue. It
+// reports true when the direction is back in the kernel and the drain may
+// stop.
+func (s *Splicer) endEpisode(src *sock) bool {
+	p := src.pair
+	done, err := s.episodeDone(src)
+	if err != nil {
+		s.log.Error().Err(err).Msg("read pass counters")
+		s.abort(p, src)
+		return true
+	}
+	if !done {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if src.again && !p.closed {
+		src.again = false
+		return false
+	}
+	src.draining = false
+	if !p.closed {
+		s.rearm(src, false)
+	}
+	return true
 }
 
 // episodeDone reports whether userspace has forwarded every passed byte.

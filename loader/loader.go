@@ -30,7 +30,17 @@ type Options struct {
 	// left ESTABLISHED before it could be inserted, a full map). If nil,
 	// such pairs are closed.
 	Fallback dataplane.Dataplane
+	// BacklogFloor is the least number of bytes the kernel may hold
+	// redirected towards a socket that has not taken them yet before the
+	// verdict passes to userspace; a peer's larger send buffer raises it.
+	// 0 means DefaultBacklogFloor.
+	BacklogFloor uint32
 }
+
+// DefaultBacklogFloor keeps bulk flows in the kernel when the kworker that
+// carries redirects runs late, and bounds what a reader that stalls can
+// make the kernel hold (this plus its socket's send buffer, per direction).
+const DefaultBacklogFloor = 4 << 20
 
 // Splicer is the sockmap data path. After Splice, a pair costs no
 // goroutine and no buffer: one epoll loop watches every spliced socket for
@@ -78,7 +88,18 @@ func New(log zerolog.Logger, opts Options) (_ *Splicer, err error) {
 			s.release()
 		}
 	}()
-	if err := loadWspliceObjects(&s.objs, nil); err != nil {
+	spec, err := loadWsplice()
+	if err != nil {
+		return nil, fmt.Errorf("%w: parse BPF object: %w", ErrUnsupported, err)
+	}
+	floor := opts.BacklogFloor
+	if floor == 0 {
+		floor = DefaultBacklogFloor
+	}
+	if err := spec.Variables["backlog_floor"].Set(floor); err != nil {
+		return nil, fmt.Errorf("set backlog_floor: %w", err)
+	}
+	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("%w: verifier rejected the program: %+v", ErrUnsupported, ve)

@@ -43,7 +43,16 @@ type pair struct {
 	users  int // drain goroutines running; fds close when it drops to 0
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+// spliceRcvBuf caps SO_RCVBUF of spliced sockets (the kernel doubles it).
+// It bounds what the verdict can pass to userspace at once, so a stream
+// that needed the slow path returns to the kernel quickly; the TCP window
+// it allows still covers a loopback or data-centre BDP.
+var spliceRcvBuf = 512 << 10
+
+// bufPool holds slow-path buffers; only directions in the slow path use
+// one. A buffer holds a whole receive queue (2 × spliceRcvBuf), so one
+// round can forward everything passed and hand the stream back at once.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 2*spliceRcvBuf); return &b }}
 
 // Adopt implements dataplane.Dataplane: the socket enters sock_hash in
 // pass mode before its first byte is read, so every byte it ever receives
@@ -131,8 +140,12 @@ func (s *Splicer) Release(c *dataplane.Conn) {
 	s.forget(c.Cookie)
 }
 
-// Splice implements dataplane.Dataplane.
-func (s *Splicer) Splice(client, backend *dataplane.Conn) error {
+// Splice implements dataplane.Dataplane. The client's stream is switched
+// to redirect before toClient (the 101) is written, so nothing the client
+// sends in answer is passed to userspace; the backend's stream is switched
+// right after, since the client must get the 101 before any backend byte.
+// Bytes passed before a switch are forwarded by the slow path.
+func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error {
 	s.mu.Lock()
 	cs, bs := s.socks[client.Cookie], s.socks[backend.Cookie]
 	closed := s.closed
@@ -143,7 +156,7 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn) error {
 		return dataplane.ErrClosed
 	}
 	if cs == nil || bs == nil || client.Cookie == 0 || backend.Cookie == 0 {
-		return s.spliceFallback(client, backend)
+		return s.spliceFallback(client, backend, toClient)
 	}
 	p := &pair{socks: [2]*sock{cs, bs}}
 	cs.peer, bs.peer = bs, cs
@@ -161,16 +174,7 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn) error {
 		}
 		sk.fd = fd
 	}
-	for _, sk := range p.socks {
-		sk.consumed = uint64(sk.conn.BytesRead())
-		sk.written = uint64(sk.conn.BytesWritten())
-		// The Go conn goes away (and with it the runtime poller's
-		// registration); the socket lives on through sk.fd.
-		sk.conn.TCPConn.Close()
-		sk.conn = nil
-	}
-	// The pair is published before the verdict may redirect, so that a
-	// pass notice finds it.
+	// Published before any switch, so that a pass notice finds the pair.
 	s.mu.Lock()
 	for _, sk := range p.socks {
 		sk.pair = p
@@ -181,12 +185,33 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn) error {
 	s.spliced.Add(1)
 	s.splicedTotal.Add(1)
 
+	fail := func(err error) error {
+		client.TCPConn.Close()
+		backend.TCPConn.Close()
+		s.closePair(p, true)
+		return err
+	}
+	// The proxy has written all it owes the backend: client bytes may go
+	// straight to it from now on.
+	cs.consumed = uint64(client.BytesRead())
+	bs.written = uint64(backend.BytesWritten())
+	if err := s.putCtl(cs); err != nil {
+		return fail(fmt.Errorf("switch client socket to redirect: %w", err))
+	}
+	if _, err := client.Write(toClient); err != nil {
+		return fail(fmt.Errorf("write to client: %w", err))
+	}
+	cs.written = uint64(client.BytesWritten())
+	bs.consumed = uint64(backend.BytesRead())
+	if err := s.putCtl(bs); err != nil {
+		return fail(fmt.Errorf("switch backend socket to redirect: %w", err))
+	}
 	for _, sk := range p.socks {
-		ctl := wspliceConnCtl{Peer: sk.peer.cookie, Consumed: sk.consumed, Mode: modeRedirect}
-		if err := s.objs.CtlMap.Put(sk.cookie, ctl); err != nil {
-			s.closePair(p, true)
-			return fmt.Errorf("switch socket to redirect: %w", err)
-		}
+		_ = sk.conn.SetReadBuffer(spliceRcvBuf)
+		// The Go conn goes away (and with it the runtime poller's
+		// registration); the socket lives on through sk.fd.
+		sk.conn.TCPConn.Close()
+		sk.conn = nil
 	}
 	for _, sk := range p.socks {
 		ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(sk.fd)}
@@ -195,8 +220,8 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn) error {
 			return fmt.Errorf("epoll_ctl add: %w", err)
 		}
 	}
-	// Bytes that arrived between the handshake's last read and the switch
-	// were passed without a notice: drain them now if there are any.
+	// Bytes that arrived before a switch were passed without a notice:
+	// drain them now if there are any.
 	for _, sk := range p.socks {
 		var st wspliceConnStats
 		if err := s.objs.StatsMap.Lookup(sk.cookie, &st); err == nil && st.Passed != sk.consumed {
@@ -207,7 +232,7 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn) error {
 }
 
 // spliceFallback hands a pair the kernel path cannot take to the fallback.
-func (s *Splicer) spliceFallback(client, backend *dataplane.Conn) error {
+func (s *Splicer) spliceFallback(client, backend *dataplane.Conn, toClient []byte) error {
 	if s.fallback == nil {
 		s.Release(client)
 		s.Release(backend)
@@ -225,7 +250,7 @@ func (s *Splicer) spliceFallback(client, backend *dataplane.Conn) error {
 		}
 	}
 	s.log.Debug().Msg("pair served by the fallback data path")
-	return s.fallback.Splice(client, backend)
+	return s.fallback.Splice(client, backend, toClient)
 }
 
 // dupFD returns a duplicate of c's socket fd (sharing O_NONBLOCK).

@@ -51,7 +51,7 @@ func newSplicer(t testing.TB) *Splicer {
 // harness is a miniature wsplice: it accepts a client, reads one line
 // ("handshake"), dials the backend, forwards the line, reads the backend's
 // reply line, relays it, flushes what the buffered readers read past the
-// lines, then splices. It reproduces the ordering hazards of the real
+// lines, then splices, handing over the reply and the bytes behind it. It reproduces the ordering hazards of the real
 // handshake (KERNEL-NOTES 1 and 12).
 type harness struct {
 	t       testing.TB
@@ -120,16 +120,11 @@ func (h *harness) handle(tc *net.TCPConn) error {
 	if err != nil {
 		return fmt.Errorf("backend reply: %w", err)
 	}
-	if _, err := client.Write(reply); err != nil {
-		return err
-	}
-	if err := flush(br, client); err != nil {
-		return err
-	}
 	if err := flush(cr, backend); err != nil {
 		return err
 	}
-	return h.s.Splice(client, backend)
+	extra, _ := br.Peek(br.Buffered())
+	return h.s.Splice(client, backend, append(reply, extra...))
 }
 
 func flush(r *bufio.Reader, w io.Writer) error {

@@ -41,6 +41,7 @@ const (
 	wspliceMapSockHash        = "sock_hash"
 	wspliceMapStatsMap        = "stats_map"
 	wspliceProgWspliceVerdict = "wsplice_verdict"
+	wspliceVarBacklogFloor    = "backlog_floor"
 )
 
 // loadWsplice returns the embedded CollectionSpec for wsplice.
@@ -102,6 +103,7 @@ type wspliceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type wspliceVariableSpecs struct {
+	BacklogFloor *ebpf.VariableSpec `ebpf:"backlog_floor"`
 }
 
 // wspliceObjects contains all objects after they have been loaded into the kernel.
@@ -143,6 +145,7 @@ func (m *wspliceMaps) Close() error {
 //
 // It can be passed to loadWspliceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type wspliceVariables struct {
+	BacklogFloor *ebpf.Variable `ebpf:"backlog_floor"`
 }
 
 // wsplicePrograms contains all programs after they have been loaded into the kernel.

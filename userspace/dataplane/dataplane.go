@@ -28,11 +28,16 @@ type Dataplane interface {
 	// byte counts are exact.
 	Adopt(c *net.TCPConn) (*Conn, error)
 	// Splice takes ownership of both connections. The caller has already
-	// written every byte it read but did not consume (pipelined client
-	// bytes to the backend, frames behind the 101 to the client). Splice
-	// returns once the pair is handed over; the data plane closes both
-	// connections when they are done and propagates FIN and RST.
-	Splice(client, backend *Conn) error
+	// written to the backend every byte it read from the client but did
+	// not consume (bytes pipelined behind the request). toClient holds
+	// what the client is owed before the backend's stream (the 101 head and
+	// any frames the backend sent behind it): Splice writes it, under the
+	// client's write deadline, after it has taken over the client's stream,
+	// so that nothing the client sends in answer to the 101 is read by the
+	// proxy. Splice returns once the pair is handed over; the data plane
+	// closes both connections when they are done and propagates FIN and
+	// RST. On error both connections are closed.
+	Splice(client, backend *Conn, toClient []byte) error
 	// Release closes a connection that was adopted but is not spliced
 	// (plain HTTP, a failed handshake) and forgets it.
 	Release(c *Conn)

@@ -2,12 +2,14 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -82,7 +84,13 @@ type pair struct {
 // Splice implements Dataplane: one copier per direction; a FIN is passed
 // on as a half-close, a reset as a reset, and both sockets close when both
 // directions are done.
-func (u *Userspace) Splice(client, backend *Conn) error {
+func (u *Userspace) Splice(client, backend *Conn, toClient []byte) error {
+	if _, err := client.Write(toClient); err != nil {
+		_ = client.Close()
+		_ = backend.Close()
+		return fmt.Errorf("write to client: %w", err)
+	}
+	_ = client.SetWriteDeadline(time.Time{})
 	p := &pair{client: client, backend: backend}
 	p.left.Store(2)
 	u.mu.Lock()

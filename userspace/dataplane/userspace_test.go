@@ -52,8 +52,14 @@ func splicedPair(t *testing.T, dp Dataplane) (client, backend *net.TCPConn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := dp.Splice(cc, bc); err != nil {
+	greeting := []byte("HTTP/1.1 101 Switching Protocols\r\n\r\n")
+	if err := dp.Splice(cc, bc, greeting); err != nil {
 		t.Fatal(err)
+	}
+	// What Splice owed the client arrives first.
+	got := make([]byte, len(greeting))
+	if _, err := io.ReadFull(client, got); err != nil || !bytes.Equal(got, greeting) {
+		t.Fatalf("client got %q, %v; want %q first", got, err, greeting)
 	}
 	return client, backend
 }

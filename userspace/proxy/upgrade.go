@@ -104,21 +104,11 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 		return false
 	}
 
-	// The 101 and any frames the backend sent behind it go out in one
-	// write, in order; then whatever the client pipelined behind its
-	// request goes to the backend. Nothing read may stay in a buffer.
-	w := cc.bw
-	_ = cc.conn.SetWriteDeadline(time.Now().Add(p.cfg.HeaderTimeout))
-	_, _ = w.Write(switchingHead(resp))
-	if n := bbr.Buffered(); n > 0 {
-		b, _ := bbr.Peek(n)
-		_, _ = w.Write(b)
-	}
-	if err := w.Flush(); err != nil {
-		p.log.Debug().Err(err).Msg("websocket handshake failed: write 101")
-		reject(0, "", nil)
-		return false
-	}
+	// Whatever the client pipelined behind its request goes to the
+	// backend first; the 101 and any frames the backend sent behind it go
+	// to the client inside Splice, so that the data plane can take the
+	// client's stream over before the client can react to the 101.
+	// Nothing read may stay in a buffer.
 	if n := cc.br.Buffered(); n > 0 {
 		b, _ := cc.br.Peek(n)
 		if _, err := bconn.Write(b); err != nil {
@@ -127,12 +117,18 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 			return false
 		}
 	}
+	toClient := switchingHead(resp)
+	if n := bbr.Buffered(); n > 0 {
+		b, _ := bbr.Peek(n)
+		toClient = append(toClient, b...)
+	}
 	_ = cc.conn.SetDeadline(time.Time{})
 	_ = bconn.SetDeadline(time.Time{})
+	_ = cc.conn.SetWriteDeadline(time.Now().Add(p.cfg.HeaderTimeout))
 
 	p.forget(cc)
 	cc.spliced, keepBackend = true, true
-	if err := p.dp.Splice(cc.conn, bconn); err != nil {
+	if err := p.dp.Splice(cc.conn, bconn, toClient); err != nil {
 		// The data plane owns and has closed both; the client sees a close.
 		reject(0, "", nil)
 		p.log.Error().Err(err).Str("backend", be.Addr).Msg("splice")
