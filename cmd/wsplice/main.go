@@ -168,7 +168,9 @@ func newDataplane(mode string, log zerolog.Logger) (dataplane.Dataplane, error) 
 	if mode == "userspace" {
 		return dataplane.NewUserspace(log), nil
 	}
-	s, err := loader.New(log, loader.Options{})
+	// Pairs the kernel path cannot take (a socket that left ESTABLISHED
+	// before it could enter the map) are served in userspace.
+	s, err := loader.New(log, loader.Options{Fallback: dataplane.NewUserspace(log)})
 	if err == nil {
 		return s, nil
 	}
