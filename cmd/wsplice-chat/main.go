@@ -94,7 +94,8 @@ Flags:
 	switch *format {
 	case "json":
 	case "console":
-		out = zerolog.ConsoleWriter{Out: stdout, TimeFormat: time.RFC3339}
+		// No colours: the log usually goes to a file.
+		out = zerolog.ConsoleWriter{Out: stdout, TimeFormat: time.RFC3339, NoColor: true}
 	default:
 		return cfg, fmt.Errorf("--log-format must be json or console, not %q", *format)
 	}
