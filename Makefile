@@ -74,6 +74,10 @@ test-unit: ## unit tests (no root needed; privileged ones skip unless WSPLICE_RE
 test-e2e: build ## end-to-end tests under tests/ (root: kernel path, network namespaces)
 	$(PRIV_ENV) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) ./tests/...
 
+.PHONY: test-chat
+test-chat: ## the chat room in headless Chromium through wsplice (tests/chat; root for the kernel path)
+	$(PRIV_ENV) $(GO) test -count=1 -v -timeout 10m ./tests/chat/
+
 .PHONY: test
 test: provision check-generated vet ## everything CI runs: provision, check-generated, vet, unit, short fuzz, e2e
 	$(PRIV_ENV) $(GO) test $(UNIT_PKGS)
@@ -85,7 +89,7 @@ fuzz: ## fuzz every Fuzz* target under userspace/ for FUZZTIME each (default 2m)
 	GO=$(GO) bash scripts/fuzz.sh $(FUZZTIME)
 
 .PHONY: demo
-demo: ## run the demo: wsplice on :8080 in front of two echo backends (Ctrl-C stops it)
+demo: ## run the demo: a chat room, wsplice on :8080 in front of two chat backends and Redis (Ctrl-C stops it)
 	bash scripts/demo.sh
 
 .PHONY: bench
