@@ -83,6 +83,7 @@ test: provision check-generated vet ## everything CI runs: provision, check-gene
 	$(PRIV_ENV) $(GO) test $(UNIT_PKGS)
 	GO=$(GO) bash scripts/fuzz.sh $(FUZZTIME_SHORT)
 	$(MAKE) --no-print-directory test-e2e
+	$(MAKE) --no-print-directory vm-test
 
 .PHONY: fuzz
 fuzz: ## fuzz every Fuzz* target under userspace/ for FUZZTIME each (default 2m)
@@ -97,8 +98,8 @@ bench: ## benchmarks (not yet implemented)
 	@echo "see issue: benchmarks not yet implemented"
 
 .PHONY: vm-test
-vm-test: ## run the tests inside the Vagrant VM (not yet implemented)
-	@echo "see issue: vm-test not yet implemented"
+vm-test: ## run the loader, e2e and vmtest-tagged tests on Debian's 6.1 kernel (has kTLS) under QEMU
+	GO=$(GO) bash scripts/vm-test.sh
 
 .PHONY: clean
 clean: ## remove built binaries and temporary files

@@ -65,6 +65,7 @@ pkgs=(ca-certificates curl procps iproute2 git make)
 pkgs+=(redis-server openssl)
 if [[ $profile == full ]]; then
 	pkgs+=(gcc clang-16 llvm-16 libbpf-dev ruby bpftool)
+	pkgs+=(qemu-system-x86) # make vm-test boots Debian's 6.1 kernel under it
 fi
 # tests/chat drives Debian's Chromium with playwright-core (no browser download).
 if [[ $profile == full ]]; then
