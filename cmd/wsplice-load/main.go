@@ -1,0 +1,212 @@
+// Command wsplice-load is the load generator of wsplice's benchmarks
+// (scripts/bench.sh). It drives a WebSocket echo server, directly or through
+// a proxy, in one of five modes, verifies every echoed byte and prints one
+// JSON object with the results on stdout.
+//
+//	open-loop    fixed aggregate rate of small messages over many connections;
+//	             latency from each message's scheduled send time, so a stall
+//	             delays every message scheduled behind it (no coordinated
+//	             omission)
+//	closed-loop  as many small-message echoes as N connections can do
+//	bulk         large frames (1 MiB by default), MB/s
+//	handshake    new connections per second: dial, handshake, one echo, close
+//	idle         open --conns idle connections, report the memory per
+//	             connection of the processes in --pids and of the kernel
+//
+// CPU is measured system-wide from /proc/stat over the measured interval.
+// An integrity error (an echo that is not exactly what was sent) makes the
+// exit status 1.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "wsplice-load:", err)
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+var errUsage = errors.New("usage")
+
+type config struct {
+	Mode        string        `json:"mode"`
+	Addr        string        `json:"addr"`
+	Path        string        `json:"path"`
+	Conns       int           `json:"conns"`
+	Duration    time.Duration `json:"-"`
+	Warmup      time.Duration `json:"-"`
+	Rate        float64       `json:"rate,omitempty"`
+	Size        int           `json:"size"`
+	Window      int           `json:"window,omitempty"`
+	Concurrency int           `json:"concurrency,omitempty"`
+	Pids        []int         `json:"pids,omitempty"`
+	Label       string        `json:"label,omitempty"`
+	DialTimeout time.Duration `json:"-"`
+	Baseline    time.Duration `json:"-"`
+}
+
+// result is the JSON printed on stdout. Fields that do not apply to a mode
+// are left out.
+type result struct {
+	config
+	DurationS float64 `json:"duration_s"`
+	Messages  uint64  `json:"messages,omitempty"`
+	// MsgsPerS counts echoes: one message sent and its echo received.
+	MsgsPerS   float64         `json:"msgs_per_s,omitempty"`
+	BytesEcho  uint64          `json:"bytes_echoed,omitempty"`
+	MBPerS     float64         `json:"mb_per_s,omitempty"`
+	Latency    *latencySummary `json:"latency,omitempty"`
+	Handshakes uint64          `json:"handshakes,omitempty"`
+	HsPerS     float64         `json:"handshakes_per_s,omitempty"`
+	HsLatency  *latencySummary `json:"handshake_latency,omitempty"`
+	// AchievedRate is the open-loop rate actually sent; below Rate the
+	// system (or the generator) could not keep up.
+	AchievedRate float64  `json:"achieved_rate,omitempty"`
+	CPU          cpuUsage `json:"cpu"`
+	// CPUPerMillion is busy CPU seconds system-wide per million echoes (or
+	// per million handshakes in handshake mode, per GB echoed in bulk).
+	CPUPerMillion float64     `json:"cpu_s_per_million,omitempty"`
+	CPUPerGB      float64     `json:"cpu_s_per_gb,omitempty"`
+	StealFraction float64     `json:"steal_fraction"`
+	Idle          *idleResult `json:"idle,omitempty"`
+	Errors        uint64      `json:"errors"`
+	FirstError    string      `json:"first_error,omitempty"`
+	Integrity     bool        `json:"integrity_ok"`
+}
+
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	fs := flag.NewFlagSet("wsplice-load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c config
+	var pids string
+	fs.StringVar(&c.Mode, "mode", "closed-loop", "open-loop, closed-loop, bulk, handshake or idle")
+	fs.StringVar(&c.Addr, "addr", "127.0.0.1:9000", "host:port of the WebSocket server or proxy")
+	fs.StringVar(&c.Path, "path", "/", "request path of the WebSocket URL")
+	fs.IntVar(&c.Conns, "conns", 0, "connections (default: open-loop 100, closed-loop 64, bulk 2, handshake 16 workers, idle 9800)")
+	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measured time")
+	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "unmeasured time before it")
+	fs.Float64Var(&c.Rate, "rate", 10000, "open-loop: aggregate messages per second")
+	fs.IntVar(&c.Size, "size", 0, "message size in bytes (default 64; bulk 1 MiB)")
+	fs.IntVar(&c.Window, "window", 2, "bulk: messages in flight per connection")
+	fs.StringVar(&pids, "pids", "", "idle: comma-separated PIDs whose summed RSS is the balancer's memory")
+	fs.StringVar(&c.Label, "label", "", "free text copied into the output")
+	fs.DurationVar(&c.Baseline, "baseline", time.Second, "idle time sampled before the run to measure background CPU (0: none)")
+	fs.DurationVar(&c.DialTimeout, "dial-timeout", 10*time.Second, "timeout of connect + handshake")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	defConns := map[string]int{"open-loop": 100, "closed-loop": 64, "bulk": 2, "handshake": 16, "idle": 9800}
+	d, ok := defConns[c.Mode]
+	if !ok {
+		return c, fmt.Errorf("%w: unknown --mode %q", errUsage, c.Mode)
+	}
+	if c.Conns == 0 {
+		c.Conns = d
+	}
+	if c.Size == 0 {
+		c.Size = 64
+		if c.Mode == "bulk" {
+			c.Size = 1 << 20
+		}
+	}
+	switch {
+	case c.Conns < 1:
+		return c, fmt.Errorf("%w: --conns must be positive", errUsage)
+	case c.Size < payloadHeader:
+		return c, fmt.Errorf("%w: --size must be at least %d", errUsage, payloadHeader)
+	case c.Rate <= 0:
+		return c, fmt.Errorf("%w: --rate must be positive", errUsage)
+	case c.Window < 1:
+		return c, fmt.Errorf("%w: --window must be positive", errUsage)
+	case c.Duration <= 0:
+		return c, fmt.Errorf("%w: --duration must be positive", errUsage)
+	}
+	if c.Mode == "handshake" {
+		c.Concurrency, c.Conns = c.Conns, 0
+	}
+	for _, p := range strings.FieldsFunc(pids, func(r rune) bool { return r == ',' || r == ' ' }) {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return c, fmt.Errorf("%w: --pids: %q is not a PID", errUsage, p)
+		}
+		c.Pids = append(c.Pids, n)
+	}
+	return c, nil
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	var bg float64
+	if cfg.Baseline > 0 && cfg.Mode != "idle" {
+		a, err := readCPU()
+		if err != nil {
+			return err
+		}
+		t := time.Now()
+		time.Sleep(cfg.Baseline)
+		b, err := readCPU()
+		if err != nil {
+			return err
+		}
+		bg = cpuDelta(a, b).Busy / time.Since(t).Seconds()
+	}
+	var res *result
+	switch cfg.Mode {
+	case "closed-loop":
+		res, err = runClosedLoop(ctx, cfg)
+	case "open-loop":
+		res, err = runOpenLoop(ctx, cfg)
+	case "bulk":
+		res, err = runBulk(ctx, cfg)
+	case "handshake":
+		res, err = runHandshake(ctx, cfg)
+	case "idle":
+		res, err = runIdle(ctx, cfg)
+	}
+	if res != nil {
+		res.config = cfg
+		if t := res.CPU.Busy + res.CPU.Idle + res.CPU.Steal; t > 0 {
+			res.StealFraction = res.CPU.Steal / t
+		}
+		res.Integrity = !errors.Is(err, errIntegrity)
+		res.BackgroundCPUs = bg
+		if n := float64(res.Messages + res.Handshakes); n > 0 && res.CPUPerMillion > 0 {
+			res.CPUPerMillionNet = max(0, res.CPU.Busy-bg*res.DurationS) / n * 1e6
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if e := enc.Encode(res); e != nil && err == nil {
+			err = fmt.Errorf("write result: %w", e)
+		}
+	}
+	return err
+}

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// userHZ is the unit of /proc/stat; 100 on every Linux architecture Go
+// supports for this tool (sysconf(_SC_CLK_TCK)).
+const userHZ = 100
+
+// cpuTimes is the system-wide "cpu" line of /proc/stat, in ticks.
+type cpuTimes struct {
+	user, nice, system, idle, iowait, irq, softirq, steal uint64
+}
+
+func readCPU() (cpuTimes, error) {
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		return cpuTimes{}, fmt.Errorf("read /proc/stat: %w", err)
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fs := strings.Fields(s.Text())
+		if len(fs) < 9 || fs[0] != "cpu" {
+			continue
+		}
+		v := make([]uint64, 8)
+		for i := range v {
+			v[i], _ = strconv.ParseUint(fs[i+1], 10, 64)
+		}
+		return cpuTimes{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]}, nil
+	}
+	return cpuTimes{}, fmt.Errorf("/proc/stat: no cpu line")
+}
+
+// cpuUsage is the CPU time spent system-wide between two samples, seconds.
+type cpuUsage struct {
+	User    float64 `json:"user_s"`
+	Nice    float64 `json:"nice_s"`
+	System  float64 `json:"system_s"`
+	Irq     float64 `json:"irq_s"`
+	Softirq float64 `json:"softirq_s"`
+	Idle    float64 `json:"idle_s"`
+	Steal   float64 `json:"steal_s"`
+	// Busy is user+nice+system+irq+softirq: where the kernel path's cost
+	// shows up (softirq, kworkers in system), unlike per-process time.
+	Busy float64 `json:"busy_s"`
+}
+
+func cpuDelta(a, b cpuTimes) cpuUsage {
+	s := func(x, y uint64) float64 { return float64(y-x) / userHZ }
+	u := cpuUsage{
+		User: s(a.user, b.user), Nice: s(a.nice, b.nice), System: s(a.system, b.system),
+		Irq: s(a.irq, b.irq), Softirq: s(a.softirq, b.softirq),
+		Idle: s(a.idle, b.idle) + s(a.iowait, b.iowait), Steal: s(a.steal, b.steal),
+	}
+	u.Busy = u.User + u.Nice + u.System + u.Irq + u.Softirq
+	return u
+}
+
+// rssBytes sums VmRSS of the given processes.
+func rssBytes(pids []int) (int64, error) {
+	var total int64
+	for _, pid := range pids {
+		v, err := statusField(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:")
+		if err != nil {
+			return 0, err
+		}
+		total += v
+	}
+	return total, nil
+}
+
+// statusField reads a "Name:   123 kB" line and returns bytes.
+func statusField(path, name string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		line := s.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		fs := strings.Fields(line[len(name):])
+		if len(fs) == 0 {
+			break
+		}
+		v, err := strconv.ParseInt(fs[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s %s: %w", path, name, err)
+		}
+		if len(fs) > 1 && fs[1] == "kB" {
+			v *= 1024
+		}
+		return v, nil
+	}
+	return 0, fmt.Errorf("%s: no %s line", path, name)
+}
+
+// kernelMem is the kernel memory that grows with connections: slab (socket
+// structs, dentries, epoll items...) and TCP socket buffers.
+type kernelMem struct {
+	SlabBytes     int64 `json:"slab_bytes"`
+	TCPMemBytes   int64 `json:"tcp_mem_bytes"`
+	TCPInUse      int64 `json:"tcp_inuse"`
+	SockstatPages int64 `json:"-"`
+}
+
+func readKernelMem() (kernelMem, error) {
+	var k kernelMem
+	var err error
+	if k.SlabBytes, err = statusField("/proc/meminfo", "Slab:"); err != nil {
+		return k, err
+	}
+	b, err := os.ReadFile("/proc/net/sockstat")
+	if err != nil {
+		return k, fmt.Errorf("read sockstat: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		fs := strings.Fields(line)
+		if len(fs) == 0 || fs[0] != "TCP:" {
+			continue
+		}
+		for i := 1; i+1 < len(fs); i += 2 {
+			v, _ := strconv.ParseInt(fs[i+1], 10, 64)
+			switch fs[i] {
+			case "inuse":
+				k.TCPInUse = v
+			case "mem":
+				k.TCPMemBytes = v * int64(os.Getpagesize())
+			}
+		}
+	}
+	return k, nil
+}
