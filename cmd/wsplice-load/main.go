@@ -85,13 +85,20 @@ type result struct {
 	CPU          cpuUsage `json:"cpu"`
 	// CPUPerMillion is busy CPU seconds system-wide per million echoes (or
 	// per million handshakes in handshake mode, per GB echoed in bulk).
-	CPUPerMillion float64     `json:"cpu_s_per_million,omitempty"`
-	CPUPerGB      float64     `json:"cpu_s_per_gb,omitempty"`
-	StealFraction float64     `json:"steal_fraction"`
-	Idle          *idleResult `json:"idle,omitempty"`
-	Errors        uint64      `json:"errors"`
-	FirstError    string      `json:"first_error,omitempty"`
-	Integrity     bool        `json:"integrity_ok"`
+	CPUPerMillion float64 `json:"cpu_s_per_million,omitempty"`
+	CPUPerGB      float64 `json:"cpu_s_per_gb,omitempty"`
+	StealFraction float64 `json:"steal_fraction"`
+	// BackgroundCPUs is the busy CPUs measured system-wide for --baseline
+	// before the run, with no load: other tenants of a shared machine.
+	BackgroundCPUs float64 `json:"background_cpus"`
+	// CPUPerMillionNet is CPUPerMillion less the background's share of the
+	// measured interval: an estimate, since the background is squeezed
+	// when the run saturates the machine.
+	CPUPerMillionNet float64     `json:"cpu_s_per_million_net,omitempty"`
+	Idle             *idleResult `json:"idle,omitempty"`
+	Errors           uint64      `json:"errors"`
+	FirstError       string      `json:"first_error,omitempty"`
+	Integrity        bool        `json:"integrity_ok"`
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
