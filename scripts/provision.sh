@@ -3,11 +3,12 @@
 # objects, run its tests, the demo and the benchmarks on Debian 12 or
 # Ubuntu 24.04. It is idempotent: when everything is there it installs
 # nothing and does not touch the network. The Vagrantfile, `make test` and
-# `make demo` call it (and `make bench` will).
+# `make demo` call it, and `make bench` with --bench.
 #
-# Usage: scripts/provision.sh [--demo]
+# Usage: scripts/provision.sh [--demo | --bench]
 #   --demo   only what `make demo` needs (Go, curl, ss, Redis, openssl, the
 #            Node test client)
+#   --bench  only what `make bench` needs (Go, HAProxy, nginx, perf)
 #
 # Runs as root, or re-runs itself through sudo.
 set -euo pipefail
@@ -21,8 +22,9 @@ profile=full
 for arg in "$@"; do
 	case "$arg" in
 	--demo) profile=demo ;;
+	--bench) profile=bench ;;
 	-h | --help)
-		sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*) die "unknown argument '$arg' (try --help)" ;;
@@ -67,6 +69,12 @@ if [[ $profile == full ]]; then
 	pkgs+=(gcc clang-16 llvm-16 libbpf-dev ruby bpftool)
 	pkgs+=(qemu-system-x86) # make vm-test boots Debian's 6.1 kernel under it
 fi
+# make bench (and bench-smoke, which CI runs) compares wsplice with HAProxy
+# and nginx, and profiles with perf (linux-perf on Debian, linux-tools on
+# Ubuntu).
+if [[ $profile == full || $profile == bench ]]; then
+	pkgs+=(haproxy nginx linux-perf)
+fi
 # tests/chat drives Debian's Chromium with playwright-core (no browser download).
 if [[ $profile == full ]]; then
 	pkgs+=(chromium)
@@ -91,6 +99,14 @@ if ((${#missing[@]})); then
 				resolved+=(linux-tools-common "linux-tools-$(uname -r)")
 			else
 				resolved+=(linux-tools-common linux-tools-generic)
+			fi
+			continue
+		fi
+		if [[ $p == linux-perf ]] && ! has_candidate linux-perf; then
+			if has_candidate "linux-tools-$(uname -r)"; then
+				resolved+=(linux-tools-common "linux-tools-$(uname -r)")
+			else
+				say "warning: no perf package found: make bench runs without a profile"
 			fi
 			continue
 		fi
@@ -174,11 +190,12 @@ fi
 # (ws) in tests/node, and for the full profile playwright-core in
 # tests/chat. npm ci wipes node_modules, so it runs only when the lockfile
 # changed since the last run.
-node_dirs=("$repo/tests/node")
+node_dirs=()
+[[ $profile == bench ]] || node_dirs+=("$repo/tests/node")
 if [[ $profile == full ]]; then
 	node_dirs+=("$repo/tests/chat")
 fi
-for node_dir in "${node_dirs[@]}"; do
+for node_dir in ${node_dirs[@]+"${node_dirs[@]}"}; do
 	[[ -f "$node_dir/package-lock.json" ]] || continue
 	rel=${node_dir#"$repo/"}
 	command -v npm >/dev/null || die "npm not found after installing it"

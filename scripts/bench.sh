@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# bench.sh benchmarks wsplice against HAProxy, nginx and a direct connection
+# to the echo backend, in one run, on loopback, and writes a report.
+#
+# Usage: scripts/bench.sh            (make bench; as root)
+#        WSPLICE_BENCH_SMOKE=1 scripts/bench.sh   (make bench-smoke: ~2 s per
+#                                    scenario, 1 repetition; CI)
+#
+# Targets: direct, sockmap (wsplice kernel path), userspace (wsplice Go
+# relay), haproxy, nginx. Scenarios: open-loop, closed-loop, bulk, handshake,
+# idle (cmd/wsplice-load documents each). Every scenario runs REPS times;
+# repetitions are interleaved (rep 1 of every target, then rep 2...) so that
+# the noise of a shared machine spreads over all targets, and each target is
+# started fresh for each repetition.
+#
+# Environment (defaults in brackets):
+#   REPS [3]  DURATION [10s]  WARMUP [2s]  RATE [5000 msgs/s, open-loop]
+#   OPEN_CONNS [100]  CLOSED_CONNS [64]  BULK_CONNS [2]  HS_WORKERS [16]
+#   IDLE_CONNS [fd limit / 2 - 100]  TARGETS [direct sockmap userspace haproxy nginx]
+#   SCENARIOS [open-loop closed-loop bulk handshake idle]
+#   PERF [1: perf profile of the closed-loop run on the kernel and userspace paths]
+#   OUT [bench/results/<UTC date-time>]  LATEST [1: copy the report to
+#   bench/results/latest.md and its charts, for the README; 0 in smoke runs]
+#   NO_PROVISION [0]
+#
+# Nothing is pinned to a CPU: with two vCPUs, pinning the generator, the
+# proxy and the backend apart would leave one of them a shared core anyway;
+# all targets get the same unpinned placement. Every process this script
+# starts is killed on exit.
+set -euo pipefail
+
+PROG=bench
+say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+export PATH="$PATH:/usr/local/go/bin"
+[[ $EUID -eq 0 ]] || die "run as root: the kernel path loads BPF (sudo make bench)"
+
+smoke=${WSPLICE_BENCH_SMOKE:-0}
+if [[ $smoke == 1 ]]; then
+	REPS=${REPS:-1} DURATION=${DURATION:-2s} WARMUP=${WARMUP:-0.5s}
+	IDLE_CONNS=${IDLE_CONNS:-1000} PERF=${PERF:-0} LATEST=${LATEST:-0}
+fi
+REPS=${REPS:-3}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+RATE=${RATE:-5000}
+OPEN_CONNS=${OPEN_CONNS:-100}
+CLOSED_CONNS=${CLOSED_CONNS:-64}
+BULK_CONNS=${BULK_CONNS:-2}
+HS_WORKERS=${HS_WORKERS:-16}
+TARGETS=${TARGETS:-direct sockmap userspace haproxy nginx}
+SCENARIOS=${SCENARIOS:-open-loop closed-loop bulk handshake idle}
+PERF=${PERF:-1}
+LATEST=${LATEST:-1}
+nofile=$(ulimit -Hn)
+ulimit -n "$nofile"
+# The balancer holds two fds per proxied connection; keep 100 spare.
+IDLE_CONNS=${IDLE_CONNS:-$((nofile / 2 - 100))}
+nproc=$(nproc)
+stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
+OUT=${OUT:-bench/results/$stamp}
+
+if [[ ${NO_PROVISION:-0} != 1 ]]; then
+	bash scripts/provision.sh --bench >&2
+fi
+command -v haproxy >/dev/null || die "haproxy not installed (scripts/provision.sh --bench)"
+command -v nginx >/dev/null || die "nginx not installed (scripts/provision.sh --bench)"
+
+say "building"
+make --no-print-directory build >&2
+go build -o bin/wsplice-load ./cmd/wsplice-load
+
+mkdir -p "$OUT/raw"
+run=$(mktemp -d /tmp/wsplice-bench.XXXXXX)
+pids=()
+cleanup() {
+	local p
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	rm -rf "$run"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+backend_port=19100
+declare -A port=([direct]=19100 [sockmap]=19201 [userspace]=19202 [haproxy]=19203 [nginx]=19204)
+backend=127.0.0.1:$backend_port
+
+wait_port() { # wait until something accepts on 127.0.0.1:$1
+	local i
+	for i in $(seq 100); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+# Fill a template's @VARS@.
+render() {
+	sed -e "s|@NPROC@|$nproc|g" -e "s|@NOFILE@|$nofile|g" -e "s|@MAXCONN@|$((nofile / 2 - 50))|g" \
+		-e "s|@RUNDIR@|$run|g" -e "s|@BACKEND@|$backend|g" -e "s|@LISTEN@|127.0.0.1:$2|g" "$1"
+}
+
+target_pid=
+target_pids= # the balancer's processes, for RSS
+start_target() {
+	local t=$1 p=${port[$1]}
+	target_pid= target_pids=
+	case $t in
+	direct) return 0 ;;
+	sockmap | userspace)
+		bin/wsplice --listen "127.0.0.1:$p" --backend "$backend" --dataplane "$t" \
+			--admin "127.0.0.1:$((p + 90))" --log-level warn >"$run/$t.log" 2>&1 &
+		target_pid=$!
+		target_pids=$target_pid
+		;;
+	haproxy)
+		render bench/conf/haproxy.cfg.tmpl "$p" >"$run/haproxy.cfg"
+		haproxy -db -f "$run/haproxy.cfg" >"$run/haproxy.log" 2>&1 &
+		target_pid=$!
+		target_pids=$target_pid
+		;;
+	nginx)
+		mkdir -p "$run/body" "$run/proxy" "$run/fastcgi" "$run/uwsgi" "$run/scgi"
+		render bench/conf/nginx.conf.tmpl "$p" >"$run/nginx.conf"
+		nginx -e "$run/nginx-error.log" -p "$run" -c "$run/nginx.conf" >"$run/nginx.log" 2>&1 &
+		target_pid=$!
+		;;
+	esac
+	pids+=("$target_pid")
+	wait_port "$p" || { cat "$run/$t.log" "$run"/*.log >&2 || true; die "$t did not start listening on $p"; }
+	if [[ $t == nginx ]]; then # master and its workers
+		target_pids=$(
+			echo "$target_pid"
+			pgrep -P "$target_pid"
+		)
+		target_pids=$(echo $target_pids | tr ' ' ,)
+	fi
+}
+stop_target() {
+	[[ -n $target_pid ]] || return 0
+	kill "$target_pid" 2>/dev/null || true
+	wait "$target_pid" 2>/dev/null || true
+	target_pid=
+}
+
+start_backend() {
+	bin/wsplice-echo --listen "$backend" --name echo1 --log-level warn >"$run/echo.log" 2>&1 &
+	backend_pid=$!
+	pids+=("$backend_pid")
+	wait_port "$backend_port" || die "the echo backend did not start"
+}
+
+load() { # scenario target rep: one run of the generator, JSON into raw/
+	local s=$1 t=$2 r=$3 args=() f="$OUT/raw/$2.$1.$3.json"
+	case $s in
+	open-loop) args=(--conns "$OPEN_CONNS" --rate "$RATE") ;;
+	closed-loop) args=(--conns "$CLOSED_CONNS") ;;
+	bulk) args=(--conns "$BULK_CONNS") ;;
+	handshake) args=(--conns "$HS_WORKERS") ;;
+	idle) args=(--conns "$IDLE_CONNS" --pids "${target_pids:-$backend_pid}") ;;
+	esac
+	say "rep $r/$REPS: $t $s"
+	if ! bin/wsplice-load --mode "$s" --addr "127.0.0.1:${port[$t]}" --duration "$DURATION" --warmup "$WARMUP" \
+		--label "$t" "${args[@]}" >"$f" 2>"$run/load.err"; then
+		cat "$run/load.err" >&2
+		echo "$t $s rep $r: $(cat "$run/load.err" | tail -1)" >>"$OUT/failures.txt"
+		if grep -q 'integrity error' "$run/load.err"; then
+			integrity_failed=1
+		fi
+	fi
+}
+
+machine_info() {
+	local model steal
+	model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+	cat <<JSON
+{
+  "date": "$stamp",
+  "cpu_model": "$model",
+  "vcpus": $nproc,
+  "kernel": "$(uname -r)",
+  "os": "$(. /etc/os-release && echo "$PRETTY_NAME")",
+  "go": "$(go version | awk '{ print $3 }')",
+  "haproxy": "$(haproxy -v | awk 'NR == 1 { print $3 }')",
+  "nginx": "$(nginx -v 2>&1 | sed 's|.*nginx/||')",
+  "wsplice": "$(git describe --always --dirty 2>/dev/null || echo unknown)",
+  "fd_limit": $nofile,
+  "mem_total_kb": $(awk '/^MemTotal/ { print $2 }' /proc/meminfo),
+  "loadavg_start": "$(cut -d' ' -f1-3 /proc/loadavg)",
+  "reps": $REPS, "duration": "$DURATION", "warmup": "$WARMUP", "rate": $RATE,
+  "open_conns": $OPEN_CONNS, "closed_conns": $CLOSED_CONNS, "bulk_conns": $BULK_CONNS,
+  "handshake_workers": $HS_WORKERS, "idle_conns": $IDLE_CONNS, "smoke": $smoke
+}
+JSON
+}
+
+machine_info >"$OUT/machine.json"
+integrity_failed=0
+start_backend
+for r in $(seq "$REPS"); do
+	for t in $TARGETS; do
+		start_target "$t"
+		for s in $SCENARIOS; do
+			load "$s" "$t" "$r"
+		done
+		stop_target
+	done
+done
+
+# Where the time goes on each wsplice data path: a system-wide profile
+# (softirq and kworkers included) of a closed-loop run.
+if [[ $PERF == 1 ]] && command -v perf >/dev/null; then
+	for t in sockmap userspace; do
+		[[ " $TARGETS " == *" $t "* ]] || continue
+		say "perf profile: $t closed-loop"
+		start_target "$t"
+		bin/wsplice-load --mode closed-loop --addr "127.0.0.1:${port[$t]}" --conns "$CLOSED_CONNS" \
+			--duration 8s --warmup 1s --baseline 0 >"$run/perf-load.json" 2>>"$run/load.err" &
+		lp=$!
+		pids+=("$lp")
+		sleep 1.5
+		if perf record -e cpu-clock -F 999 -a -g -o "$run/perf.$t.data" -- sleep 5 >/dev/null 2>"$run/perf.err"; then
+			{
+				echo "# perf record -e cpu-clock -F 999 -a -g, 5 s of a $CLOSED_CONNS-connection closed-loop run through $t"
+				echo "## by command (share of all samples)"
+				perf report -i "$run/perf.$t.data" --stdio --no-children --sort comm -g none --percent-limit 1 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+				echo "## top symbols"
+				perf report -i "$run/perf.$t.data" --stdio --no-children --sort comm,dso,sym -g none --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+			} >"$OUT/perf-$t.txt"
+		else
+			say "perf record failed: $(tail -1 "$run/perf.err")"
+		fi
+		wait "$lp" || true
+		stop_target
+	done
+fi
+cp "$run"/*.cfg "$run"/*.conf "$OUT/" 2>/dev/null || true
+
+say "writing the report"
+(cd bench && go run ./report -in "../$OUT") >&2
+say "report: $OUT/report.md"
+if [[ $LATEST == 1 ]]; then
+	cp "$OUT/report.md" bench/results/latest.md
+	for f in "$OUT"/*.png; do cp "$f" "bench/results/latest-$(basename "$f")"; done
+	# Charts are referenced from latest.md by their latest-* names.
+	sed -i 's|(\([a-z-]*\.png\))|(latest-\1)|g' bench/results/latest.md
+	say "copied to bench/results/latest.md"
+fi
+if [[ -s $OUT/failures.txt ]]; then
+	say "some runs failed:"
+	cat "$OUT/failures.txt" >&2
+fi
+[[ $integrity_failed == 0 ]] || die "integrity errors: an echo differed from what was sent"
+[[ ! -s $OUT/failures.txt ]] || die "some runs failed (listed above and in $OUT/failures.txt)"
