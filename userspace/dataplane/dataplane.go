@@ -10,6 +10,7 @@
 package dataplane
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -67,12 +68,25 @@ type Stats struct {
 
 // Conn is an adopted TCP connection with exact counts of the bytes the
 // proxy read from it and wrote to it.
+//
+// A connection from a TLS listener carries a TLS session. While TLS is set,
+// Read, Write and CloseWrite go through it (the counts are of plaintext),
+// and a data path must move the pair's bytes through Read and Write: the
+// socket itself holds ciphertext, so a kernel path that splices sockets
+// hands such a pair to userspace. Once the session's keys are in the
+// kernel (kernel TLS), the proxy clears TLS and sets KTLS: the socket reads
+// and writes plaintext, and a record that is not application data (an
+// alert, a KeyUpdate) makes a read fail instead of returning its bytes.
 type Conn struct {
 	*net.TCPConn
 	read    atomic.Int64
 	written atomic.Int64
 	// Cookie is the kernel's socket cookie (sockmap only; 0 otherwise).
 	Cookie uint64
+	// TLS, when set, is the TLS session all I/O goes through.
+	TLS *tls.Conn
+	// KTLS is set when kernel TLS encrypts and decrypts on the socket.
+	KTLS bool
 }
 
 // NewConn wraps c with zero counts.
@@ -80,16 +94,37 @@ func NewConn(c *net.TCPConn) *Conn { return &Conn{TCPConn: c} }
 
 // Read reads from the connection and counts the bytes.
 func (c *Conn) Read(p []byte) (int, error) {
-	n, err := c.TCPConn.Read(p)
+	var n int
+	var err error
+	if c.TLS != nil {
+		n, err = c.TLS.Read(p)
+	} else {
+		n, err = c.TCPConn.Read(p)
+	}
 	c.read.Add(int64(n))
 	return n, err
 }
 
 // Write writes to the connection and counts the bytes.
 func (c *Conn) Write(p []byte) (int, error) {
-	n, err := c.TCPConn.Write(p)
+	var n int
+	var err error
+	if c.TLS != nil {
+		n, err = c.TLS.Write(p)
+	} else {
+		n, err = c.TCPConn.Write(p)
+	}
 	c.written.Add(int64(n))
 	return n, err
+}
+
+// CloseWrite half-closes the connection; over TLS it sends close_notify
+// first, so the peer can tell the end of the stream from a truncation.
+func (c *Conn) CloseWrite() error {
+	if c.TLS != nil {
+		return c.TLS.CloseWrite()
+	}
+	return c.TCPConn.CloseWrite()
 }
 
 // BytesRead is the number of bytes read through this Conn.
@@ -100,6 +135,9 @@ func (c *Conn) BytesWritten() int64 { return c.written.Load() }
 
 // ReadFrom keeps net.TCPConn's splice(2) fast path and counts the bytes.
 func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
+	if c.TLS != nil {
+		return io.Copy(writerOnly{c}, r)
+	}
 	n, err := c.TCPConn.ReadFrom(r)
 	c.written.Add(n)
 	return n, err
@@ -107,7 +145,15 @@ func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
 
 // WriteTo keeps net.TCPConn's splice(2) fast path and counts the bytes.
 func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	if c.TLS != nil {
+		return io.Copy(w, readerOnly{c})
+	}
 	n, err := c.TCPConn.WriteTo(w)
 	c.read.Add(n)
 	return n, err
 }
+
+// writerOnly and readerOnly hide a Conn's ReadFrom and WriteTo from
+// io.Copy, which would otherwise call them again.
+type writerOnly struct{ io.Writer }
+type readerOnly struct{ io.Reader }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
+
+	"github.com/wsplice/wsplice/userspace/ktls"
 )
 
 // spliceReadBuffer caps SO_RCVBUF of both proxy sockets once spliced (the
@@ -107,9 +109,47 @@ func (u *Userspace) Splice(client, backend *Conn, toClient []byte) error {
 	u.splicedTotal.Add(1)
 	_ = client.SetReadBuffer(spliceReadBuffer)
 	_ = backend.SetReadBuffer(spliceReadBuffer)
+	if client.TLS != nil || backend.TLS != nil {
+		// The socket holds ciphertext: bytes go through the TLS session.
+		go u.tlsCopier(p, backend, client, "client_to_backend")
+		go u.tlsCopier(p, client, backend, "backend_to_client")
+		return nil
+	}
 	go u.copier(p, backend, client, "client_to_backend")
 	go u.copier(p, client, backend, "backend_to_client")
 	return nil
+}
+
+// tlsBufs holds tlsCopier buffers: one TLS record's worth of plaintext.
+var tlsBufs = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+// tlsCopier moves src → dst through Conn.Read and Conn.Write, which go
+// through the TLS session of either side; it ends like copier: EOF (after
+// the client's close_notify, or a plain FIN) is passed on as a half-close,
+// an error as a reset.
+func (u *Userspace) tlsCopier(p *pair, dst, src *Conn, dir string) {
+	defer u.wg.Done()
+	bp := tlsBufs.Get().(*[]byte)
+	defer tlsBufs.Put(bp)
+	buf := *bp
+	var total int64
+	var err error
+	for {
+		var n int
+		n, err = src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				err = werr
+				break
+			}
+			total += int64(n)
+			u.bytes.Add(uint64(n))
+		}
+		if err != nil {
+			break
+		}
+	}
+	u.finish(p, dst, err, total, dir)
 }
 
 // copier moves src → dst until src ends. Named so stacks read well.
@@ -130,6 +170,13 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 		if avail, err = queued(raw); err != nil || avail == 0 {
 			break
 		}
+		if src.KTLS {
+			// SIOCINQ counts ciphertext still in TCP, not plaintext
+			// the TLS layer already holds (it may say 0 then): take
+			// up to a record's worth, which splice returns as soon as
+			// any of it is there.
+			avail = max(avail, 16<<10)
+		}
 		var n int64
 		n, err = dst.TCPConn.ReadFrom(&io.LimitedReader{R: src.TCPConn, N: int64(min(avail, spliceChunk))})
 		total += n
@@ -139,6 +186,42 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 		if n == 0 && err == nil {
 			break // EOF
 		}
+	}
+	if err != nil && src.KTLS && !errors.Is(err, net.ErrClosed) {
+		err = u.ktlsRecordEnd(p, src, err, dir)
+	}
+	u.finish(p, dst, err, total, dir)
+}
+
+// ktlsRecordEnd looks at why a read from a kernel TLS socket failed. The
+// kernel refuses to return a record that is not application data through
+// read or splice (EIO, EINVAL): it is taken here with its type. A
+// close_notify alert is the end of the client's stream (nil: a FIN is
+// passed on); any other record (another alert, a KeyUpdate the kernel
+// cannot follow) closes both sides with a FIN, never passing the record's
+// bytes on. Other errors are returned as they are.
+func (u *Userspace) ktlsRecordEnd(p *pair, src *Conn, err error, dir string) error {
+	typ, body, rerr := ktls.ReadRecord(src.TCPConn)
+	if rerr != nil {
+		return err
+	}
+	if ktls.IsCloseNotify(typ, body) {
+		return nil
+	}
+	if u.log.Debug().Enabled() {
+		u.log.Debug().Uint8("record_type", typ).Hex("record", body[:min(len(body), 8)]).Str("direction", dir).
+			Msg("kernel TLS: non-data record after splicing, closing the pair")
+	}
+	p.closeBoth()
+	return net.ErrClosed
+}
+
+// finish ends one direction of p: err nil is EOF, passed on as a FIN; a
+// closed connection is left alone; any other error resets both sides. The
+// last direction to finish closes both sockets.
+func (u *Userspace) finish(p *pair, dst *Conn, err error, total int64, dir string) {
+	if err == io.EOF {
+		err = nil
 	}
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		// A reset on either side (ECONNRESET reading, EPIPE writing):
@@ -189,6 +272,15 @@ func queued(raw syscall.RawConn) (int, error) {
 		return 0, err
 	}
 	return n, opErr
+}
+
+// closeBoth closes both sockets with a FIN; the copiers blocked on them
+// return.
+func (p *pair) closeBoth() {
+	p.abortOnce.Do(func() {
+		_ = p.client.Close()
+		_ = p.backend.Close()
+	})
 }
 
 // abort resets both sockets; the copiers blocked on them return.
