@@ -94,8 +94,12 @@ demo: ## run the demo: a chat room, wsplice on :8080 in front of two chat backen
 	bash scripts/demo.sh
 
 .PHONY: bench
-bench: ## benchmarks (not yet implemented)
-	@echo "see issue: benchmarks not yet implemented"
+bench: ## benchmark direct, wsplice (sockmap, userspace), HAProxy, nginx; report in bench/results/<date>/ (root)
+	bash scripts/bench.sh
+
+.PHONY: bench-smoke
+bench-smoke: ## the same benchmark, ~2 s per scenario and 1 repetition (CI; numbers not asserted)
+	WSPLICE_BENCH_SMOKE=1 bash scripts/bench.sh
 
 .PHONY: vm-test
 vm-test: ## run the loader, e2e and vmtest-tagged tests on Debian's 6.1 kernel (has kTLS) under QEMU
