@@ -158,6 +158,15 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	if cs == nil || bs == nil || client.Cookie == 0 || backend.Cookie == 0 {
 		return s.spliceFallback(client, backend, toClient)
 	}
+	// A side with a TLS session (crypto/tls or kernel TLS) is never
+	// redirected here: with crypto/tls the socket holds ciphertext only
+	// Go can read; with kernel TLS the verdict-only program would not see
+	// decrypted data, and the FIN drain compares TCP byte counts that TLS
+	// framing changes. The proxy does not adopt such sockets (Cookie 0
+	// above); this keeps a TLS pair off the kernel path even if one is.
+	if client.TLS != nil || client.KTLS || backend.TLS != nil || backend.KTLS {
+		return s.spliceFallback(client, backend, toClient)
+	}
 	p := &pair{socks: [2]*sock{cs, bs}}
 	cs.peer, bs.peer = bs, cs
 	for _, sk := range p.socks {

@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/wsplice/wsplice/loader"
+	"github.com/wsplice/wsplice/userspace/certstore"
 	"github.com/wsplice/wsplice/userspace/dataplane"
 	"github.com/wsplice/wsplice/userspace/proxy"
 )
@@ -69,9 +70,16 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("wsplice", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	var listen, backends listFlag
+	var listen, backends, listenTLS, listenTCP, listenTCPTLS, certs, keys listFlag
 	var level string
-	fs.Var(&listen, "listen", "`address` to accept clients on; repeatable (default "+proxy.DefaultListen+")")
+	fs.Var(&listen, "listen", "`address` to accept clients on; repeatable (default "+proxy.DefaultListen+" when no listener of any kind is given)")
+	fs.Var(&listenTLS, "listen-tls", "`address` to accept HTTPS and WSS clients on; repeatable (needs --tls-cert and --tls-key)")
+	fs.Var(&listenTCP, "listen-tcp", "`address` of an L4 listener: each connection is spliced to a backend, nothing parsed; repeatable")
+	fs.Var(&listenTCPTLS, "listen-tcp-tls", "`address` of an L4 listener that terminates TLS and splices the plaintext to a backend; repeatable")
+	fs.Var(&certs, "tls-cert", "PEM certificate chain `file`; repeatable, paired in order with --tls-key; chosen by SNI, the first is the default (reloaded on SIGHUP)")
+	fs.Var(&keys, "tls-key", "PEM private key `file` of the --tls-cert at the same position")
+	fs.DurationVar(&o.cfg.TLSHandshakeTimeout, "tls-handshake-timeout", proxy.DefaultTLSHandshakeTimeout, "time allowed for a TLS handshake")
+	fs.StringVar(&o.cfg.KTLS, "ktls", proxy.KTLSAuto, "kernel TLS: auto (TLS 1.3 sessions go to the kernel where it has TLS) or off")
 	fs.Var(&backends, "backend", "backend `host:port`; repeatable")
 	fs.StringVar(&o.dataplane, "dataplane", "auto", "data path: auto, sockmap or userspace")
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
@@ -119,6 +127,16 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 		return nil, false, usageError{fmt.Errorf("invalid --header-timeout %v: must be positive", o.cfg.HeaderTimeout)}
 	}
 	o.cfg.Listen, o.cfg.Backends = listen, backends
+	o.cfg.TLSListen, o.cfg.TCPListen, o.cfg.TCPTLSListen = listenTLS, listenTCP, listenTCPTLS
+	if len(certs) != len(keys) {
+		return nil, false, usageError{fmt.Errorf("%d --tls-cert but %d --tls-key: give them in pairs", len(certs), len(keys))}
+	}
+	for i := range certs {
+		o.cfg.Certificates = append(o.cfg.Certificates, certstore.Pair{Cert: certs[i], Key: keys[i]})
+	}
+	if o.cfg.TLSHandshakeTimeout <= 0 {
+		return nil, false, usageError{fmt.Errorf("invalid --tls-handshake-timeout %v: must be positive", o.cfg.TLSHandshakeTimeout)}
+	}
 	if err := o.cfg.Validate(); err != nil {
 		return nil, false, usageError{err}
 	}
@@ -157,7 +175,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			log.Error().Err(err).Msg("close data plane")
 		}
 	}()
-	if err := proxy.Run(ctx, o.cfg, dp, log); err != nil {
+	p, err := proxy.New(o.cfg, dp, log)
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	// SIGHUP reloads the certificates; a bad file keeps the old ones.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if err := p.ReloadCertificates(); err != nil {
+					log.Error().Err(err).Msg("certificate reload failed, keeping the certificates in use")
+				} else {
+					log.Info().Msg("certificates reloaded")
+				}
+			}
+		}
+	}()
+	if err := p.Serve(ctx); err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
 	log.Info().Msg("wsplice stopped")

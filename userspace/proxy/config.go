@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wsplice/wsplice/userspace/backend"
+	"github.com/wsplice/wsplice/userspace/certstore"
 )
 
 // Defaults for Config fields left zero.
@@ -16,6 +17,14 @@ const (
 	DefaultMaxHeaderBytes  = 16 << 10
 	DefaultDialTimeout     = 5 * time.Second
 	DefaultShutdownTimeout = 5 * time.Second
+
+	DefaultTLSHandshakeTimeout = 10 * time.Second
+)
+
+// Kernel TLS modes (Config.KTLS).
+const (
+	KTLSAuto = "auto"
+	KTLSOff  = "off"
 )
 
 // ErrInvalidConfig wraps every reason Validate rejects a Config.
@@ -24,8 +33,27 @@ var ErrInvalidConfig = errors.New("invalid config")
 // Config is the proxy's configuration. Zero durations and sizes take the
 // defaults above when Validate runs.
 type Config struct {
-	// Listen holds the addresses to accept clients on.
+	// Listen holds the addresses to accept clients on (HTTP and WS).
+	// It defaults to DefaultListen only when no listener of any kind is
+	// configured.
 	Listen []string
+	// TLSListen holds addresses of HTTPS and WSS listeners: TLS, then the
+	// same HTTP handling as Listen, with X-Forwarded-Proto: https.
+	TLSListen []string
+	// TCPListen holds addresses of L4 listeners: each connection is
+	// spliced to a backend at once, nothing parsed.
+	TCPListen []string
+	// TCPTLSListen holds addresses of L4 listeners that terminate TLS and
+	// splice the plaintext to a backend, nothing parsed.
+	TCPTLSListen []string
+	// Certificates serve the TLS listeners, chosen by SNI; the first is
+	// the default. Required with TLSListen or TCPTLSListen.
+	Certificates []certstore.Pair
+	// TLSHandshakeTimeout bounds a TLS handshake.
+	TLSHandshakeTimeout time.Duration
+	// KTLS is KTLSAuto (kernel TLS where the kernel has it; the default)
+	// or KTLSOff (Go's crypto/tls carries every record).
+	KTLS string
 	// Backends holds "host:port" of each backend. Empty is allowed:
 	// every request is then answered 503.
 	Backends []string
@@ -46,8 +74,14 @@ type Config struct {
 
 // Validate fills in defaults and checks every field.
 func (c *Config) Validate() error {
-	if len(c.Listen) == 0 {
+	if len(c.Listen)+len(c.TLSListen)+len(c.TCPListen)+len(c.TCPTLSListen) == 0 {
 		c.Listen = []string{DefaultListen}
+	}
+	if c.TLSHandshakeTimeout == 0 {
+		c.TLSHandshakeTimeout = DefaultTLSHandshakeTimeout
+	}
+	if c.KTLS == "" {
+		c.KTLS = KTLSAuto
 	}
 	if c.HeaderTimeout == 0 {
 		c.HeaderTimeout = DefaultHeaderTimeout
@@ -62,10 +96,30 @@ func (c *Config) Validate() error {
 		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
 	var errs []error
-	for _, l := range c.Listen {
-		if _, _, err := net.SplitHostPort(l); err != nil {
-			errs = append(errs, fmt.Errorf("listen address %q: %w", l, err))
+	for _, ls := range [][]string{c.Listen, c.TLSListen, c.TCPListen, c.TCPTLSListen} {
+		for _, l := range ls {
+			if _, _, err := net.SplitHostPort(l); err != nil {
+				errs = append(errs, fmt.Errorf("listen address %q: %w", l, err))
+			}
 		}
+	}
+	tlsListeners := len(c.TLSListen)+len(c.TCPTLSListen) > 0
+	switch {
+	case tlsListeners && len(c.Certificates) == 0:
+		errs = append(errs, errors.New("TLS listeners need at least one certificate and key"))
+	case !tlsListeners && len(c.Certificates) > 0:
+		errs = append(errs, errors.New("certificates given without a TLS listener"))
+	}
+	for _, cp := range c.Certificates {
+		if cp.Cert == "" || cp.Key == "" {
+			errs = append(errs, fmt.Errorf("certificate %q with key %q: both files are needed", cp.Cert, cp.Key))
+		}
+	}
+	if c.TLSHandshakeTimeout < 0 {
+		errs = append(errs, fmt.Errorf("TLS handshake timeout %v: must be positive", c.TLSHandshakeTimeout))
+	}
+	if c.KTLS != KTLSAuto && c.KTLS != KTLSOff {
+		errs = append(errs, fmt.Errorf("kernel TLS mode %q: want %s or %s", c.KTLS, KTLSAuto, KTLSOff))
 	}
 	for _, b := range c.Backends {
 		if err := backend.CheckAddr(b); err != nil {

@@ -33,6 +33,7 @@ const (
 type clientConn struct {
 	p    *Proxy
 	conn *dataplane.Conn
+	kind listenerKind
 	// idle is set while waiting for a request head; shutdown closes
 	// idle connections at once.
 	idle atomic.Bool
@@ -76,6 +77,13 @@ func (cc *clientConn) serve() {
 				Int64("bytes_read", cc.conn.BytesRead()).Int64("bytes_written", cc.conn.BytesWritten()).Msg("connection done")
 		}
 	}()
+	if cc.kind.tls() && !cc.startTLS() {
+		return
+	}
+	if cc.kind == kindTCP || cc.kind == kindTCPTLS {
+		cc.serveL4()
+		return
+	}
 	for {
 		cc.idle.Store(true)
 		if p.shuttingDown.Load() {

@@ -78,12 +78,12 @@ func (f *forwarded) take(lname, value string) bool {
 }
 
 // fields returns the X-Forwarded-* fields for a request from client with
-// Host host.
-func (f *forwarded) fields(client net.Addr, host string) http1.Header {
+// Host host, received over proto ("http" or "https").
+func (f *forwarded) fields(client net.Addr, host, proto string) http1.Header {
 	ip := clientIP(client)
 	h := http1.Header{
 		{Name: "X-Forwarded-For", Value: strings.Join(append(f.forIPs, ip), ", ")},
-		{Name: "X-Forwarded-Proto", Value: "http"},
+		{Name: "X-Forwarded-Proto", Value: proto},
 	}
 	if host != "" {
 		h = append(h, http1.Field{Name: "X-Forwarded-Host", Value: host})

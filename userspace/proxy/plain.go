@@ -103,7 +103,7 @@ func (cc *clientConn) outgoingRequest(req *http1.RequestHead, addr string, body 
 		}
 		h.Add(f.Name, f.Value)
 	}
-	for _, f := range fwd.fields(cc.conn.RemoteAddr(), host) {
+	for _, f := range fwd.fields(cc.conn.RemoteAddr(), host, cc.proto()) {
 		h.Set(f.Name, f.Value)
 	}
 	if _, ok := h["User-Agent"]; !ok {

@@ -6,6 +6,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,8 +22,22 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/wsplice/wsplice/userspace/backend"
+	"github.com/wsplice/wsplice/userspace/certstore"
 	"github.com/wsplice/wsplice/userspace/dataplane"
+	"github.com/wsplice/wsplice/userspace/ktls"
 )
+
+// listenerKind says what a listener does with its connections.
+type listenerKind int
+
+const (
+	kindHTTP   listenerKind = iota // HTTP and WS (--listen)
+	kindHTTPS                      // TLS, then as kindHTTP (--listen-tls)
+	kindTCP                        // L4 (--listen-tcp)
+	kindTCPTLS                     // TLS, then L4 (--listen-tcp-tls)
+)
+
+func (k listenerKind) tls() bool { return k == kindHTTPS || k == kindTCPTLS }
 
 // Proxy is a running set of listeners in front of a backend pool.
 type Proxy struct {
@@ -30,7 +46,16 @@ type Proxy struct {
 	log   zerolog.Logger
 	pool  *backend.Pool
 	lns   []*net.TCPListener
+	kinds []listenerKind // of lns, index for index
 	admin net.Listener
+
+	certs *certstore.Store
+	// tlsHTTP and tlsL4 are the TLS listeners' configurations (ALPN
+	// http/1.1 on the HTTPS one only: an L4 stream may be any protocol).
+	tlsHTTP, tlsL4 *tls.Config
+	// ktlsErr says why sessions stay in Go's crypto/tls (nil: kernel TLS
+	// is tried on every TLS 1.3 session).
+	ktlsErr error
 
 	dialer    net.Dialer
 	transport *http.Transport
@@ -50,6 +75,22 @@ type Proxy struct {
 	connections     atomic.Int64
 	handshakes      atomic.Uint64
 	handshakeErrors atomic.Uint64
+
+	tlsHandshakes      atomic.Uint64
+	tlsHandshakeErrors atomic.Uint64
+	tlsPathKTLS        atomic.Uint64
+	tlsPathUserspace   atomic.Uint64
+}
+
+// tlsCipherSuites are the TLS 1.2 suites offered: ECDHE with an AEAD only.
+// (TLS 1.3 suites are all AEAD and not configurable in crypto/tls.)
+var tlsCipherSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 }
 
 // New validates cfg and binds its listeners (and the admin listener). It
@@ -83,13 +124,33 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 		MaxResponseHeaderBytes: 64 << 10,
 		ExpectContinueTimeout:  0,
 	}
-	for _, addr := range cfg.Listen {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			p.closeListeners()
-			return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	if len(cfg.Certificates) > 0 {
+		if p.certs, err = certstore.New(cfg.Certificates); err != nil {
+			return nil, err
 		}
-		p.lns = append(p.lns, ln.(*net.TCPListener))
+		p.tlsL4 = &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			CipherSuites:   tlsCipherSuites,
+			GetCertificate: p.certs.Certificate,
+		}
+		p.tlsHTTP = p.tlsL4.Clone()
+		p.tlsHTTP.NextProtos = []string{"http/1.1"}
+		if cfg.KTLS == KTLSOff {
+			p.ktlsErr = errors.New("disabled (--ktls off)")
+		} else {
+			p.ktlsErr = ktls.Available()
+		}
+	}
+	for i, addrs := range [][]string{cfg.Listen, cfg.TLSListen, cfg.TCPListen, cfg.TCPTLSListen} {
+		for _, addr := range addrs {
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				p.closeListeners()
+				return nil, fmt.Errorf("listen on %s: %w", addr, err)
+			}
+			p.lns = append(p.lns, ln.(*net.TCPListener))
+			p.kinds = append(p.kinds, listenerKind(i))
+		}
 	}
 	if cfg.Admin != "" {
 		if p.admin, err = net.Listen("tcp", cfg.Admin); err != nil {
@@ -110,12 +171,45 @@ func (p *Proxy) closeListeners() {
 }
 
 // Addrs returns the bound client listener addresses, in Config.Listen order.
-func (p *Proxy) Addrs() []net.Addr {
-	addrs := make([]net.Addr, len(p.lns))
+func (p *Proxy) Addrs() []net.Addr { return p.addrsOf(kindHTTP) }
+
+// TLSAddrs returns the bound addresses of Config.TLSListen, in order.
+func (p *Proxy) TLSAddrs() []net.Addr { return p.addrsOf(kindHTTPS) }
+
+// TCPAddrs returns the bound addresses of Config.TCPListen, in order.
+func (p *Proxy) TCPAddrs() []net.Addr { return p.addrsOf(kindTCP) }
+
+// TCPTLSAddrs returns the bound addresses of Config.TCPTLSListen, in order.
+func (p *Proxy) TCPTLSAddrs() []net.Addr { return p.addrsOf(kindTCPTLS) }
+
+func (p *Proxy) addrsOf(k listenerKind) []net.Addr {
+	var addrs []net.Addr
 	for i, ln := range p.lns {
-		addrs[i] = ln.Addr()
+		if p.kinds[i] == k {
+			addrs = append(addrs, ln.Addr())
+		}
 	}
 	return addrs
+}
+
+// ReloadCertificates reads the certificate files again (on SIGHUP). On
+// error the certificates in use stay. Connections are not touched.
+func (p *Proxy) ReloadCertificates() error {
+	if p.certs == nil {
+		return nil
+	}
+	return p.certs.Reload()
+}
+
+// TLSPath says what carries TLS records after the handshake: "ktls"
+// (kernel TLS, then spliced by the data plane's relay) for TLS 1.3
+// sessions with a cipher the kernel has, else "userspace" (crypto/tls);
+// the second value is why not kTLS ("" when it is tried).
+func (p *Proxy) TLSPath() (string, string) {
+	if p.ktlsErr != nil {
+		return "userspace", p.ktlsErr.Error()
+	}
+	return "ktls", ""
 }
 
 // AdminAddr returns the admin listener's address, or nil.
@@ -141,9 +235,19 @@ func Run(ctx context.Context, cfg Config, dp dataplane.Dataplane, log zerolog.Lo
 // every goroutine it started has ended. Spliced pairs belong to the data
 // plane and are untouched. Serve must be called once.
 func (p *Proxy) Serve(ctx context.Context) error {
-	listeners := make([]string, len(p.lns))
+	var listeners, tlsListeners, tcpListeners, tcpTLSListeners []string
 	for i, ln := range p.lns {
-		listeners[i] = ln.Addr().String()
+		a := ln.Addr().String()
+		switch p.kinds[i] {
+		case kindHTTP:
+			listeners = append(listeners, a)
+		case kindHTTPS:
+			tlsListeners = append(tlsListeners, a)
+		case kindTCP:
+			tcpListeners = append(tcpListeners, a)
+		case kindTCPTLS:
+			tcpTLSListeners = append(tcpTLSListeners, a)
+		}
 	}
 	var adminSrv *http.Server
 	if p.admin != nil {
@@ -156,11 +260,36 @@ func (p *Proxy) Serve(ctx context.Context) error {
 			}
 		}()
 	}
-	for _, ln := range p.lns {
+	for i, ln := range p.lns {
 		p.wg.Add(1)
-		go p.acceptLoop(ln)
+		go p.acceptLoop(ln, p.kinds[i])
 	}
 	ev := p.log.Info().Strs("listeners", listeners).Strs("backends", p.cfg.Backends).Str("dataplane", p.dp.Name())
+	if len(tlsListeners) > 0 {
+		ev = ev.Strs("tls_listeners", tlsListeners)
+	}
+	if len(tcpListeners) > 0 {
+		ev = ev.Strs("tcp_listeners", tcpListeners)
+	}
+	if len(tcpTLSListeners) > 0 {
+		ev = ev.Strs("tcp_tls_listeners", tcpTLSListeners)
+	}
+	if p.certs != nil {
+		path, why := p.TLSPath()
+		ev = ev.Str("tls_path", path)
+		if why != "" {
+			ev = ev.Str("ktls_unavailable", why)
+		} else if ciphers, err := ktls.Probe(); err == nil {
+			var ok []string
+			for name, yes := range ciphers {
+				if yes {
+					ok = append(ok, name)
+				}
+			}
+			sort.Strings(ok)
+			ev = ev.Strs("ktls_ciphers", ok)
+		}
+	}
 	if p.admin != nil {
 		ev = ev.Str("admin", p.admin.Addr().String())
 	}
@@ -225,7 +354,7 @@ func (p *Proxy) closeConns(idleOnly bool) {
 	}
 }
 
-func (p *Proxy) acceptLoop(ln *net.TCPListener) {
+func (p *Proxy) acceptLoop(ln *net.TCPListener, kind listenerKind) {
 	defer p.wg.Done()
 	var backoff time.Duration
 	for {
@@ -241,14 +370,20 @@ func (p *Proxy) acceptLoop(ln *net.TCPListener) {
 			continue
 		}
 		backoff = 0
-		// Adopt before the first read: the kernel path needs it.
-		conn, err := p.dp.Adopt(c)
-		if err != nil {
+		var conn *dataplane.Conn
+		if kind.tls() {
+			// Not adopted: the socket will carry TLS records, which
+			// only a TLS layer may read (crypto/tls, or kernel TLS
+			// with its keys). Kernel TLS cannot be set on a socket a
+			// verdict program reads: see ../ktls and the README.
+			conn = dataplane.NewConn(c)
+		} else if conn, err = p.dp.Adopt(c); err != nil {
+			// Adopt before the first read: the kernel path needs it.
 			_ = c.Close()
 			p.log.Error().Err(err).Msg("adopt client connection")
 			continue
 		}
-		cc := &clientConn{p: p, conn: conn}
+		cc := &clientConn{p: p, conn: conn, kind: kind}
 		cc.idle.Store(true)
 		p.mu.Lock()
 		if p.shuttingDown.Load() {
@@ -288,6 +423,13 @@ type Stats struct {
 	HandshakesTotal uint64 `json:"handshakes_total"`
 	// HandshakeErrorsTotal counts those attempts that did not end spliced.
 	HandshakeErrorsTotal uint64 `json:"handshake_errors_total"`
+	// TLSHandshakesTotal counts TLS handshakes started on TLS listeners;
+	// TLSHandshakeErrorsTotal those that failed (timeout, bad input).
+	TLSHandshakesTotal      uint64 `json:"tls_handshakes_total"`
+	TLSHandshakeErrorsTotal uint64 `json:"tls_handshake_errors_total"`
+	// TLSPath counts completed TLS handshakes by what carried their
+	// records afterwards: "ktls" (kernel TLS) or "userspace" (crypto/tls).
+	TLSPath map[string]uint64 `json:"tls_path"`
 }
 
 // Stats returns the current counters.
@@ -303,6 +445,10 @@ func (p *Proxy) Stats() Stats {
 		Connections:          p.connections.Load(),
 		HandshakesTotal:      p.handshakes.Load(),
 		HandshakeErrorsTotal: p.handshakeErrors.Load(),
+
+		TLSHandshakesTotal:      p.tlsHandshakes.Load(),
+		TLSHandshakeErrorsTotal: p.tlsHandshakeErrors.Load(),
+		TLSPath:                 map[string]uint64{"ktls": p.tlsPathKTLS.Load(), "userspace": p.tlsPathUserspace.Load()},
 	}
 }
 

@@ -166,7 +166,7 @@ func (cc *clientConn) upgradeRequest(req *http1.RequestHead) []byte {
 	out.Header = append(out.Header,
 		http1.Field{Name: "Connection", Value: "Upgrade"},
 		http1.Field{Name: "Upgrade", Value: "websocket"})
-	out.Header = append(out.Header, fwd.fields(cc.conn.RemoteAddr(), host)...)
+	out.Header = append(out.Header, fwd.fields(cc.conn.RemoteAddr(), host, cc.proto())...)
 	return out.Append(nil)
 }
 
