@@ -74,6 +74,7 @@ make --no-print-directory build >&2
 go build -o bin/wsplice-load ./cmd/wsplice-load
 
 mkdir -p "$OUT/raw"
+OUT=$(cd "$OUT" && pwd)
 run=$(mktemp -d /tmp/wsplice-bench.XXXXXX)
 pids=()
 cleanup() {
@@ -164,8 +165,10 @@ load() { # scenario target rep: one run of the generator, JSON into raw/
 	idle) args=(--conns "$IDLE_CONNS" --pids "${target_pids:-$backend_pid}") ;;
 	esac
 	say "rep $r/$REPS: $t $s"
+	local cpu_pids=$backend_pid
+	[[ -z $target_pids ]] || cpu_pids+=,$target_pids
 	if ! bin/wsplice-load --mode "$s" --addr "127.0.0.1:${port[$t]}" --duration "$DURATION" --warmup "$WARMUP" \
-		--label "$t" "${args[@]}" >"$f" 2>"$run/load.err"; then
+		--label "$t" --cpu-pids "$cpu_pids" "${args[@]}" >"$f" 2>"$run/load.err"; then
 		cat "$run/load.err" >&2
 		echo "$t $s rep $r: $(cat "$run/load.err" | tail -1)" >>"$OUT/failures.txt"
 		if grep -q 'integrity error' "$run/load.err"; then
@@ -241,7 +244,7 @@ fi
 cp "$run"/*.cfg "$run"/*.conf "$OUT/" 2>/dev/null || true
 
 say "writing the report"
-(cd bench && go run ./report -in "../$OUT") >&2
+(cd bench && go run ./report -in "$OUT") >&2
 say "report: $OUT/report.md"
 if [[ $LATEST == 1 ]]; then
 	cp "$OUT/report.md" bench/results/latest.md

@@ -63,6 +63,7 @@ type config struct {
 	Label       string        `json:"label,omitempty"`
 	DialTimeout time.Duration `json:"-"`
 	Baseline    time.Duration `json:"-"`
+	CPUPids     []int         `json:"cpu_pids,omitempty"`
 }
 
 // result is the JSON printed on stdout. Fields that do not apply to a mode
@@ -94,18 +95,21 @@ type result struct {
 	// CPUPerMillionNet is CPUPerMillion less the background's share of the
 	// measured interval: an estimate, since the background is squeezed
 	// when the run saturates the machine.
-	CPUPerMillionNet float64     `json:"cpu_s_per_million_net,omitempty"`
-	Idle             *idleResult `json:"idle,omitempty"`
-	Errors           uint64      `json:"errors"`
-	FirstError       string      `json:"first_error,omitempty"`
-	Integrity        bool        `json:"integrity_ok"`
+	CPUPerMillionNet float64 `json:"cpu_s_per_million_net,omitempty"`
+	// CPUPerMillionAttr counts only the processes under test and kernel
+	// threads (cpu.attributed_s): robust to other tenants' load.
+	CPUPerMillionAttr float64     `json:"cpu_s_per_million_attributed,omitempty"`
+	Idle              *idleResult `json:"idle,omitempty"`
+	Errors            uint64      `json:"errors"`
+	FirstError        string      `json:"first_error,omitempty"`
+	Integrity         bool        `json:"integrity_ok"`
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("wsplice-load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c config
-	var pids string
+	var pids, cpuPids string
 	fs.StringVar(&c.Mode, "mode", "closed-loop", "open-loop, closed-loop, bulk, handshake or idle")
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:9000", "host:port of the WebSocket server or proxy")
 	fs.StringVar(&c.Path, "path", "/", "request path of the WebSocket URL")
@@ -116,6 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.Size, "size", 0, "message size in bytes (default 64; bulk 1 MiB)")
 	fs.IntVar(&c.Window, "window", 2, "bulk: messages in flight per connection")
 	fs.StringVar(&pids, "pids", "", "idle: comma-separated PIDs whose summed RSS is the balancer's memory")
+	fs.StringVar(&cpuPids, "cpu-pids", "", "comma-separated PIDs of the processes under test (proxy, backend) for attributed CPU")
 	fs.StringVar(&c.Label, "label", "", "free text copied into the output")
 	fs.DurationVar(&c.Baseline, "baseline", time.Second, "idle time sampled before the run to measure background CPU (0: none)")
 	fs.DurationVar(&c.DialTimeout, "dial-timeout", 10*time.Second, "timeout of connect + handshake")
@@ -153,6 +158,13 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.Mode == "handshake" {
 		c.Concurrency, c.Conns = c.Conns, 0
+	}
+	for _, p := range strings.FieldsFunc(cpuPids, func(r rune) bool { return r == ',' || r == ' ' }) {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return c, fmt.Errorf("%w: --cpu-pids: %q is not a PID", errUsage, p)
+		}
+		c.CPUPids = append(c.CPUPids, n)
 	}
 	for _, p := range strings.FieldsFunc(pids, func(r rune) bool { return r == ',' || r == ' ' }) {
 		n, err := strconv.Atoi(p)
@@ -206,6 +218,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		res.Integrity = !errors.Is(err, errIntegrity)
 		res.BackgroundCPUs = bg
+		if n := float64(res.Messages + res.Handshakes); n > 0 {
+			res.CPUPerMillionAttr = res.CPU.Attributed / n * 1e6
+		}
 		if n := float64(res.Messages + res.Handshakes); n > 0 && res.CPUPerMillion > 0 {
 			res.CPUPerMillionNet = max(0, res.CPU.Busy-bg*res.DurationS) / n * 1e6
 		}

@@ -109,6 +109,7 @@ func timeline(ctx context.Context, cfg config, phase *atomic.Int32, failed func(
 	if err != nil {
 		return 0, cpuUsage{}, err
 	}
+	a0 := attributedTicks(cfg.CPUPids)
 	t0 := time.Now()
 	phase.Store(phaseMeasure)
 	wait(cfg.Duration)
@@ -118,7 +119,9 @@ func timeline(ctx context.Context, cfg config, phase *atomic.Int32, failed func(
 	if err != nil {
 		return 0, cpuUsage{}, err
 	}
-	return el, cpuDelta(c0, c1), nil
+	u := cpuDelta(c0, c1)
+	u.Attributed = float64(attributedTicks(cfg.CPUPids)-a0) / userHZ
+	return el, u, nil
 }
 
 func runClosedLoop(ctx context.Context, cfg config) (*result, error) {

@@ -50,6 +50,9 @@ type cpuUsage struct {
 	// Busy is user+nice+system+irq+softirq: where the kernel path's cost
 	// shows up (softirq, kworkers in system), unlike per-process time.
 	Busy float64 `json:"busy_s"`
+	// Attributed is the CPU of the processes under test and of kernel
+	// threads (see attributedTicks).
+	Attributed float64 `json:"attributed_s"`
 }
 
 func cpuDelta(a, b cpuTimes) cpuUsage {
@@ -140,4 +143,60 @@ func readKernelMem() (kernelMem, error) {
 		}
 	}
 	return k, nil
+}
+
+// pfKthread is PF_KTHREAD in /proc/PID/stat's flags field.
+const pfKthread = 0x00200000
+
+// taskCPU returns utime+stime ticks of pid (all its threads) and whether it
+// is a kernel thread.
+func taskCPU(pid int) (uint64, bool, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, false, fmt.Errorf("/proc/%d/stat: no comm", pid)
+	}
+	f := strings.Fields(s[i+1:]) // f[0] is field 3 (state)
+	if len(f) < 13 {
+		return 0, false, fmt.Errorf("/proc/%d/stat: short", pid)
+	}
+	flags, _ := strconv.ParseUint(f[6], 10, 64)
+	ut, _ := strconv.ParseUint(f[11], 10, 64)
+	st, _ := strconv.ParseUint(f[12], 10, 64)
+	return ut + st, flags&pfKthread != 0, nil
+}
+
+// attributedTicks is the CPU of the processes under test (the given PIDs
+// and this generator) plus every kernel thread (kworkers, ksoftirqd: where
+// the sockmap redirect runs). This kernel charges softirq time to whichever
+// task a tick interrupts (no CONFIG_IRQ_TIME_ACCOUNTING), mostly ours on
+// loopback. Unlike /proc/stat, it leaves out other tenants of a shared
+// machine.
+func attributedTicks(pids []int) uint64 {
+	var total uint64
+	seen := map[int]bool{}
+	for _, p := range append([]int{os.Getpid()}, pids...) {
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		if t, _, err := taskCPU(p); err == nil {
+			total += t
+		}
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil || seen[p] {
+			continue
+		}
+		if t, k, err := taskCPU(p); err == nil && k {
+			total += t
+		}
+	}
+	return total
 }

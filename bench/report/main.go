@@ -1,0 +1,194 @@
+// Command report turns the raw results of scripts/bench.sh (one JSON file
+// per run of cmd/wsplice-load, named TARGET.SCENARIO.REP.json, plus
+// machine.json and perf-*.txt) into results.json, report.md and PNG charts
+// in the same directory.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// targets in report order; the first is the baseline, the second the
+// project's kernel path.
+var targets = []string{"direct", "sockmap", "userspace", "haproxy", "nginx"}
+
+var targetNames = map[string]string{
+	"direct": "direct", "sockmap": "wsplice sockmap", "userspace": "wsplice userspace",
+	"haproxy": "HAProxy", "nginx": "nginx",
+}
+
+// run is the subset of cmd/wsplice-load's JSON the report uses.
+type run struct {
+	Mode       string  `json:"mode"`
+	MsgsPerS   float64 `json:"msgs_per_s"`
+	MBPerS     float64 `json:"mb_per_s"`
+	HsPerS     float64 `json:"handshakes_per_s"`
+	Achieved   float64 `json:"achieved_rate"`
+	Latency    *lat    `json:"latency"`
+	HsLatency  *lat    `json:"handshake_latency"`
+	CPUPerM    float64 `json:"cpu_s_per_million"`
+	CPUPerMNet float64 `json:"cpu_s_per_million_net"`
+	CPUPerMAtt float64 `json:"cpu_s_per_million_attributed"`
+	CPUPerGB   float64 `json:"cpu_s_per_gb"`
+	Steal      float64 `json:"steal_fraction"`
+	Background float64 `json:"background_cpus"`
+	CPU        struct {
+		Softirq float64 `json:"softirq_s"`
+		System  float64 `json:"system_s"`
+		Busy    float64 `json:"busy_s"`
+	} `json:"cpu"`
+	Idle *struct {
+		Conns         int     `json:"conns"`
+		RSSPerConn    float64 `json:"rss_per_conn_bytes"`
+		SlabPerConn   float64 `json:"slab_per_conn_bytes"`
+		TCPMemPerConn float64 `json:"tcp_mem_per_conn_bytes"`
+	} `json:"idle"`
+	Integrity bool   `json:"integrity_ok"`
+	Errors    uint64 `json:"errors"`
+}
+
+type lat struct {
+	P50  float64 `json:"p50_us"`
+	P90  float64 `json:"p90_us"`
+	P99  float64 `json:"p99_us"`
+	P999 float64 `json:"p99_9_us"`
+}
+
+// stat is the median and spread of one metric over the repetitions.
+type stat struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	N      int     `json:"n"`
+}
+
+func summarize(xs []float64) stat {
+	if len(xs) == 0 {
+		return stat{}
+	}
+	s := slices.Clone(xs)
+	sort.Float64s(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return stat{Median: m, Min: s[0], Max: s[len(s)-1], N: len(s)}
+}
+
+// metrics: target -> metric name -> stat.
+type metrics map[string]map[string]stat
+
+func main() {
+	in := flag.String("in", "", "results directory written by scripts/bench.sh")
+	flag.Parse()
+	if *in == "" {
+		fmt.Fprintln(os.Stderr, "report: -in DIR is required")
+		os.Exit(2)
+	}
+	if err := build(*in); err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+}
+
+func build(dir string) error {
+	files, err := filepath.Glob(filepath.Join(dir, "raw", "*.json"))
+	if err != nil {
+		return err
+	}
+	samples := map[string]map[string][]float64{}
+	add := func(t, k string, v float64) {
+		if samples[t] == nil {
+			samples[t] = map[string][]float64{}
+		}
+		samples[t][k] = append(samples[t][k], v)
+	}
+	raw := map[string]json.RawMessage{}
+	for _, f := range files {
+		parts := strings.Split(strings.TrimSuffix(filepath.Base(f), ".json"), ".")
+		if len(parts) != 3 {
+			continue
+		}
+		t, sc := parts[0], parts[1]
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		var r run
+		if len(b) == 0 || json.Unmarshal(b, &r) != nil {
+			continue // a failed run; failures.txt says why
+		}
+		raw[filepath.Base(f)] = b
+		add(t, "steal", r.Steal)
+		add(t, "background", r.Background)
+		switch sc {
+		case "open-loop":
+			if r.Latency != nil {
+				add(t, "ol_p50", r.Latency.P50)
+				add(t, "ol_p90", r.Latency.P90)
+				add(t, "ol_p99", r.Latency.P99)
+				add(t, "ol_p999", r.Latency.P999)
+			}
+			add(t, "ol_cpu_sys_us", r.CPUPerM) // s per million = µs per message
+			add(t, "ol_cpu_us", r.CPUPerMAtt)
+			add(t, "ol_cpu_net_us", r.CPUPerMNet) // less background
+			add(t, "ol_rate", r.Achieved)
+		case "closed-loop":
+			add(t, "cl_msgs", r.MsgsPerS)
+			if r.Latency != nil {
+				add(t, "cl_p50", r.Latency.P50)
+				add(t, "cl_p99", r.Latency.P99)
+			}
+			add(t, "cl_cpu_sys_us", r.CPUPerM)
+			add(t, "cl_cpu_us", r.CPUPerMAtt)
+			if r.CPU.Busy > 0 {
+				add(t, "cl_softirq_share", r.CPU.Softirq/r.CPU.Busy)
+			}
+		case "bulk":
+			add(t, "bulk_mbs", r.MBPerS)
+			add(t, "bulk_cpu_gb", r.CPUPerGB)
+		case "handshake":
+			add(t, "hs_rate", r.HsPerS)
+			if r.HsLatency != nil {
+				add(t, "hs_p50", r.HsLatency.P50)
+				add(t, "hs_p99", r.HsLatency.P99)
+			}
+		case "idle":
+			if r.Idle != nil {
+				add(t, "idle_conns", float64(r.Idle.Conns))
+				add(t, "idle_rss", r.Idle.RSSPerConn)
+				add(t, "idle_slab", r.Idle.SlabPerConn)
+				add(t, "idle_tcpmem", r.Idle.TCPMemPerConn)
+			}
+		}
+	}
+	m := metrics{}
+	for t, ks := range samples {
+		m[t] = map[string]stat{}
+		for k, xs := range ks {
+			m[t][k] = summarize(xs)
+		}
+	}
+	var machine map[string]any
+	if b, err := os.ReadFile(filepath.Join(dir, "machine.json")); err == nil {
+		json.Unmarshal(b, &machine)
+	}
+	out, err := json.MarshalIndent(map[string]any{"machine": machine, "summary": m, "runs": raw}, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), out, 0o644); err != nil {
+		return err
+	}
+	if err := charts(dir, m); err != nil {
+		return fmt.Errorf("charts: %w", err)
+	}
+	return os.WriteFile(filepath.Join(dir, "report.md"), []byte(markdown(dir, m, machine)), 0o644)
+}

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+func (m metrics) get(t, k string) (stat, bool) {
+	s, ok := m[t][k]
+	return s, ok && s.N > 0
+}
+
+func (m metrics) med(t, k string) float64 {
+	s, ok := m.get(t, k)
+	if !ok {
+		return math.NaN()
+	}
+	return s.Median
+}
+
+// cell formats a metric as "median (min–max)" with the given precision.
+func (m metrics) cell(t, k string, scale float64, prec int) string {
+	s, ok := m.get(t, k)
+	if !ok {
+		return "–"
+	}
+	f := func(v float64) string { return fmt.Sprintf("%.*f", prec, v*scale) }
+	if s.N == 1 {
+		return f(s.Median)
+	}
+	return fmt.Sprintf("%s (%s–%s)", f(s.Median), f(s.Min), f(s.Max))
+}
+
+func ratio(a, b float64) string {
+	if math.IsNaN(a) || math.IsNaN(b) || b == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+func present(m metrics) []string {
+	var ts []string
+	for _, t := range targets {
+		if _, ok := m[t]; ok {
+			ts = append(ts, t)
+		}
+	}
+	return ts
+}
+
+// bestOf returns the better of HAProxy and nginx for a metric (higher or
+// lower is better) and which one it was.
+func bestOf(m metrics, k string, higher bool) (float64, string) {
+	best, who := math.NaN(), ""
+	for _, t := range []string{"haproxy", "nginx"} {
+		v := m.med(t, k)
+		if math.IsNaN(v) {
+			continue
+		}
+		if math.IsNaN(best) || (higher && v > best) || (!higher && v < best) {
+			best, who = v, t
+		}
+	}
+	return best, who
+}
+
+func markdown(dir string, m metrics, machine map[string]any) string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	ts := present(m)
+	str := func(k string) string { return fmt.Sprint(machine[k]) }
+
+	p("# wsplice benchmark: %s\n\n", str("date"))
+	p("Machine: %s, %s vCPUs, kernel %s, %s; %s; HAProxy %s, nginx %s; wsplice %s. ",
+		str("cpu_model"), str("vcpus"), str("kernel"), str("os"), str("go"), str("haproxy"), str("nginx"), str("wsplice"))
+	p("Loopback; the generator, the proxy and the echo backend share the machine, unpinned. ")
+	p("Each scenario ran %s time(s) for %s after %s of warm-up; cells are **median (min–max)**. ",
+		str("reps"), str("duration"), str("warmup"))
+	p("Load average at start: %s. Process fd limit: %s (so idle scale stops at %s connections: the balancer holds two fds per connection).\n\n",
+		str("loadavg_start"), str("fd_limit"), str("idle_conns"))
+	if str("smoke") == "1" {
+		p("**Smoke run** (CI): seconds per scenario, one repetition; the numbers are not meaningful.\n\n")
+	}
+
+	p("## Summary\n\n")
+	p("| target | closed-loop msgs/s | open-loop p50 µs | open-loop p99 µs | CPU µs/msg (open-loop) | CPU overhead µs/msg over direct | bulk MB/s | handshakes/s | balancer RSS per idle conn (B) | kernel slab per conn (B) |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|\n")
+	dcpu := m.med("direct", "ol_cpu_us")
+	for _, t := range ts {
+		ovh := "–"
+		if t != "direct" && !math.IsNaN(dcpu) {
+			ovh = fmt.Sprintf("%.1f", m.med(t, "ol_cpu_us")-dcpu)
+		}
+		rss := m.cell(t, "idle_rss", 1, 0)
+		if t == "direct" {
+			rss = "(backend) " + rss
+		}
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", targetNames[t],
+			m.cell(t, "cl_msgs", 1, 0), m.cell(t, "ol_p50", 1, 0), m.cell(t, "ol_p99", 1, 0),
+			m.cell(t, "ol_cpu_us", 1, 1), ovh, m.cell(t, "bulk_mbs", 1, 0), m.cell(t, "hs_rate", 1, 0),
+			rss, m.cell(t, "idle_slab", 1, 0))
+	}
+	p("\nMessages are 64 B WebSocket binary frames, echoed; a msg/s is one message sent and its echo received. ")
+	p("Open-loop runs at %s msgs/s over %s connections; latency runs from each message's *scheduled* send time. ", str("rate"), str("open_conns"))
+	p("CPU per message is *attributed* CPU: utime+stime of the generator, the echo backend and the proxy, plus every kernel thread (kworkers, ksoftirqd: where the sockmap redirect runs); ")
+	p("this kernel has no IRQ time accounting, so softirq time is charged to the task a tick interrupts, on loopback mostly ours. ")
+	p("System-wide /proc/stat busy time (user+nice+system+irq+softirq) is in the details table, but this VM is shared and other work kept it busy (see \"background\"), which drowns it. ")
+	p("The overhead column subtracts the direct run. ")
+	p("Kernel slab per connection is system-wide, for every socket on the path (direct: 2 sockets per connection, a proxy: 4).\n\n")
+
+	p("## Ratios\n\n")
+	p("| target | closed-loop msgs/s vs direct | vs wsplice sockmap | bulk MB/s vs direct | vs sockmap | handshakes/s vs direct | vs sockmap | open-loop p50 vs direct | vs sockmap |\n")
+	p("|---|---|---|---|---|---|---|---|---|\n")
+	for _, t := range ts {
+		if t == "direct" {
+			continue
+		}
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", targetNames[t],
+			ratio(m.med(t, "cl_msgs"), m.med("direct", "cl_msgs")), ratio(m.med(t, "cl_msgs"), m.med("sockmap", "cl_msgs")),
+			ratio(m.med(t, "bulk_mbs"), m.med("direct", "bulk_mbs")), ratio(m.med(t, "bulk_mbs"), m.med("sockmap", "bulk_mbs")),
+			ratio(m.med(t, "hs_rate"), m.med("direct", "hs_rate")), ratio(m.med(t, "hs_rate"), m.med("sockmap", "hs_rate")),
+			ratio(m.med(t, "ol_p50"), m.med("direct", "ol_p50")), ratio(m.med(t, "ol_p50"), m.med("sockmap", "ol_p50")))
+	}
+
+	p("\n## Targets for the kernel path (issue 5)\n\n")
+	p("| target | measured | needed | met |\n|---|---|---|---|\n")
+	yes := func(ok bool, vals ...float64) string {
+		for _, v := range vals {
+			if math.IsNaN(v) {
+				return "n/a"
+			}
+		}
+		if ok {
+			return "**yes**"
+		}
+		return "no"
+	}
+	sm := m.med("sockmap", "cl_msgs")
+	best, who := bestOf(m, "cl_msgs", true)
+	p("| closed-loop msgs/s ≥ 1.3× best of HAProxy/nginx | %.0f = %s %s (%.0f) | 1.30× | %s |\n",
+		sm, ratio(sm, best), who, best, yes(sm >= 1.3*best, sm, best))
+	d := m.med("direct", "cl_msgs")
+	p("| closed-loop msgs/s ≥ 0.8× direct | %s direct (%.0f) | 0.80× | %s |\n", ratio(sm, d), d, yes(sm >= 0.8*d, sm, d))
+	ovh := func(t, k string) float64 { return m.med(t, k) - m.med("direct", k) }
+	so := ovh("sockmap", "ol_cpu_us")
+	bo := math.NaN()
+	bw := ""
+	for _, t := range []string{"haproxy", "nginx"} {
+		if v := ovh(t, "ol_cpu_us"); !math.IsNaN(v) && (math.IsNaN(bo) || v < bo) {
+			bo, bw = v, t
+		}
+	}
+	p("| CPU overhead per message over direct ≤ 0.5× best (open-loop, µs/msg) | %.1f vs %s %.1f (%s) | 0.50× | %s |\n",
+		so, bw, bo, ratio(so, bo), yes(so <= 0.5*bo, so, bo))
+	lo := ovh("sockmap", "ol_p50")
+	bl, blw := math.NaN(), ""
+	for _, t := range []string{"haproxy", "nginx"} {
+		if v := ovh(t, "ol_p50"); !math.IsNaN(v) && (math.IsNaN(bl) || v < bl) {
+			bl, blw = v, t
+		}
+	}
+	p("| p50 latency overhead over direct ≤ 0.5× best (open-loop, µs) | %.0f vs %s %.0f (%s) | 0.50× | %s |\n",
+		lo, blw, bl, ratio(lo, bl), yes(lo <= 0.5*bl, lo, bl))
+	rss := m.med("sockmap", "idle_rss")
+	p("| balancer RSS per idle WebSocket ≤ 1 KiB | %.0f B (HAProxy %.0f B, nginx %.0f B) | 1024 B | %s |\n",
+		rss, m.med("haproxy", "idle_rss"), m.med("nginx", "idle_rss"), yes(rss <= 1024, rss))
+	hs := m.med("sockmap", "hs_rate")
+	bh, bhw := bestOf(m, "hs_rate", true)
+	p("| handshakes/s ≥ best of HAProxy/nginx | %.0f vs %s %.0f (%s) | 1.00× | %s |\n\n", hs, bhw, bh, ratio(hs, bh), yes(hs >= bh, hs, bh))
+	p("A negative overhead means the proxy measured below direct: within the noise of this shared machine.\n\n")
+
+	p("## Charts\n\n")
+	for _, c := range []struct{ f, t string }{
+		{"latency.png", "Open-loop latency percentiles"}, {"throughput.png", "Closed-loop echo throughput"},
+		{"cpu.png", "CPU per message"}, {"memory.png", "Memory per idle connection"},
+	} {
+		if _, err := os.Stat(filepath.Join(dir, c.f)); err == nil {
+			p("![%s](%s)\n\n", c.t, c.f)
+		}
+	}
+
+	p("## Details\n\n")
+	p("| target | open-loop p90 µs | p99.9 µs | achieved rate | system-wide CPU µs/msg (open-loop) | same less background | closed-loop p50 µs | p99 µs | attributed CPU µs/msg closed-loop | softirq share of busy CPU (closed-loop) | bulk CPU s/GB | handshake p50 µs | p99 µs | idle conns | kernel TCP buffer per conn (B) | steal | background busy CPUs |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, t := range ts {
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", targetNames[t],
+			m.cell(t, "ol_p90", 1, 0), m.cell(t, "ol_p999", 1, 0), m.cell(t, "ol_rate", 1, 0), m.cell(t, "ol_cpu_sys_us", 1, 1), m.cell(t, "ol_cpu_net_us", 1, 1),
+			m.cell(t, "cl_p50", 1, 0), m.cell(t, "cl_p99", 1, 0), m.cell(t, "cl_cpu_us", 1, 1), m.cell(t, "cl_softirq_share", 100, 0)+"%",
+			m.cell(t, "bulk_cpu_gb", 1, 2), m.cell(t, "hs_p50", 1, 0), m.cell(t, "hs_p99", 1, 0), m.cell(t, "idle_conns", 1, 0),
+			m.cell(t, "idle_tcpmem", 1, 0), m.cell(t, "steal", 100, 1)+"%", m.cell(t, "background", 1, 2))
+	}
+	p("\n\"Background busy CPUs\" is the system-wide busy CPU measured for one second before each run with no load: other work on this shared VM. ")
+	p("It inflates every CPU-per-message figure; the \"less background\" column subtracts it (an estimate: the background yields when the run saturates the machine).\n\n")
+
+	perfs, _ := filepath.Glob(filepath.Join(dir, "perf-*.txt"))
+	sort.Strings(perfs)
+	if len(perfs) > 0 {
+		p("## Where the time goes (perf)\n\n")
+		for _, f := range perfs {
+			b2, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			p("### %s\n\n```\n%s```\n\n", strings.TrimSuffix(filepath.Base(f), ".txt"), string(b2))
+		}
+	}
+	if f, err := os.ReadFile(filepath.Join(dir, "failures.txt")); err == nil && len(f) > 0 {
+		p("## Failed runs\n\n```\n%s```\n\n", string(f))
+	}
+	p("Reproduce: `sudo make bench` (environment variables in `scripts/bench.sh`); raw results in `results.json`.\n")
+	return b.String()
+}
