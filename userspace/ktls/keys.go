@@ -112,3 +112,15 @@ func (k *keyLog) secrets() (client, server []byte) {
 	defer k.mu.Unlock()
 	return k.client, k.server
 }
+
+// TrafficKeys returns the write key and IV that a TLS 1.3 traffic secret
+// gives for a cipher suite (RFC 8446 §7.3). Tests use it to speak for a
+// peer.
+func TrafficKeys(cipherSuite uint16, secret []byte) (key, iv []byte, err error) {
+	s, ok := suiteByID(cipherSuite)
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: cipher suite %#04x", ErrUnsupported, cipherSuite)
+	}
+	k, err := trafficKeys(s, secret)
+	return k.key, k.iv, err
+}

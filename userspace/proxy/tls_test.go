@@ -3,12 +3,15 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -19,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -424,4 +428,111 @@ func TestTCPListeners(t *testing.T) {
 	if st := p.Stats(); st.SplicedTotal != 2 || st.HandshakesTotal != 0 {
 		t.Errorf("stats = %+v", st)
 	}
+}
+
+// syncBuf is a bytes.Buffer for a KeyLogWriter.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) secret(label string) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range strings.Split(s.b.String(), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == label {
+			b, _ := hex.DecodeString(f[2])
+			return b
+		}
+	}
+	return nil
+}
+
+// TestTLSKeyUpdateAfterSplice sends a KeyUpdate (a handshake record,
+// sealed with the client's keys) after the pair is spliced. On the kernel
+// TLS path the kernel cannot follow it: the proxy must close both sides
+// and pass nothing of it on. On the userspace path crypto/tls follows it.
+// Either way the backend gets exactly the data, never the record's bytes.
+func TestTLSKeyUpdateAfterSplice(t *testing.T) {
+	certs := newTestCerts(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * testTimeout))
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	p := startTLSProxy(t, []string{ln.Addr().String()}, certs, nil)
+	want := wantTLSPath(t)
+	raw, err := net.Dial("tcp", p.TCPTLSAddrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	kc := &ktls.Conn{TCPConn: raw.(*net.TCPConn)}
+	klog := &syncBuf{}
+	tc := tls.Client(kc, &tls.Config{RootCAs: certs.pool, ServerName: "a.test", MinVersion: tls.VersionTLS13, KeyLogWriter: klog})
+	tc.SetDeadline(time.Now().Add(testTimeout))
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	_, w0 := kc.Records()
+	if _, err := tc.Write([]byte("data before the KeyUpdate")); err != nil {
+		t.Fatal(err)
+	}
+	_, w1 := kc.Records()
+	suite := tc.ConnectionState().CipherSuite
+	key, iv, err := ktls.TrafficKeys(suite, klog.secret("CLIENT_TRAFFIC_SECRET_0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if suite == tls.TLS_CHACHA20_POLY1305_SHA256 {
+		t.Skip("ChaCha20-Poly1305 negotiated: no AEAD in the standard library to seal with")
+	}
+	block, _ := aes.NewCipher(key)
+	aead, _ := cipher.NewGCM(block)
+	seq := w1 - w0
+	nonce := bytes.Clone(iv)
+	for i := 0; i < 8; i++ {
+		nonce[4+i] ^= byte(seq >> (56 - 8*i))
+	}
+	inner := []byte{24, 0, 0, 1, 0, 22} // KeyUpdate(update_not_requested), type handshake
+	rec := []byte{23, 3, 3, 0, byte(len(inner) + 16)}
+	rec = aead.Seal(rec, nonce, inner, rec[:5])
+	if _, err := raw.Write(rec); err != nil {
+		t.Fatal(err)
+	}
+	if want == "ktls" {
+		// The proxy closes both sides by itself.
+		select {
+		case b := <-got:
+			if string(b) != "data before the KeyUpdate" {
+				t.Fatalf("backend got %q", b)
+			}
+		case <-time.After(2 * testTimeout):
+			t.Fatal("backend not closed after a KeyUpdate on the kernel TLS path")
+		}
+		expectClose(t, raw, testTimeout)
+	} else {
+		raw.Close()
+		if b := <-got; string(b) != "data before the KeyUpdate" {
+			t.Fatalf("backend got %q", b)
+		}
+	}
+	checkTLSPath(t, p, want, 1)
 }
