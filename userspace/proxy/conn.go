@@ -169,8 +169,12 @@ func (cc *clientConn) lingerClose() {
 	_, _ = io.CopyN(io.Discard, cc.conn, lingerBytes)
 }
 
-// dialBackend connects to addr and adopts the connection before any I/O.
-func (p *Proxy) dialBackend(addr string) (*dataplane.Conn, error) {
+// dialBackend connects to addr for client cc and adopts the connection
+// before any I/O. The backend of a TLS client is not adopted: such a pair
+// is always relayed in userspace (see acceptLoop), and a socket left in
+// the sockmap would have the bytes the verdict passes queued where
+// splice(2) does not look (the psock's ingress queue, not the socket's).
+func (p *Proxy) dialBackend(cc *clientConn, addr string) (*dataplane.Conn, error) {
 	c, err := p.dialer.DialContext(p.force, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial backend %s: %w", addr, err)
@@ -179,6 +183,9 @@ func (p *Proxy) dialBackend(addr string) (*dataplane.Conn, error) {
 	if !ok {
 		_ = c.Close()
 		return nil, fmt.Errorf("dial backend %s: not a TCP connection", addr)
+	}
+	if cc.kind.tls() {
+		return dataplane.NewConn(tc), nil
 	}
 	conn, err := p.dp.Adopt(tc)
 	if err != nil {

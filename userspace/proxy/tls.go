@@ -122,7 +122,7 @@ func (cc *clientConn) serveL4() {
 		}
 		return
 	}
-	bconn, err := p.dialBackend(be.Addr)
+	bconn, err := p.dialBackend(cc, be.Addr)
 	if err != nil {
 		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("L4 connection failed")
 		return

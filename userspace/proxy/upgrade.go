@@ -48,7 +48,7 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 		reject(503, "no backend available", nil)
 		return false
 	}
-	bconn, err := p.dialBackend(be.Addr)
+	bconn, err := p.dialBackend(cc, be.Addr)
 	if err != nil {
 		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed")
 		reject(502, "backend unreachable", nil)
