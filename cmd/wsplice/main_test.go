@@ -35,7 +35,7 @@ func TestHelp(t *testing.T) {
 	if code := exitCode(err, &stderr); code != 0 {
 		t.Fatalf("exit code %d, err %v", code, err)
 	}
-	for _, flag := range []string{"-listen", "-backend", "-dataplane", "-log-level", "-log-format", "-header-timeout", "-max-header-bytes", "-admin", "-version", "Usage: wsplice"} {
+	for _, flag := range []string{"-listen", "-listen-tls", "-listen-tcp", "-listen-tcp-tls", "-tls-cert", "-tls-key", "-tls-handshake-timeout", "-ktls", "-backend", "-dataplane", "-log-level", "-log-format", "-header-timeout", "-max-header-bytes", "-admin", "-version", "Usage: wsplice"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("help lacks %q:\n%s", flag, stdout.String())
 		}
@@ -69,6 +69,12 @@ func TestBadFlags(t *testing.T) {
 		{"--listen", "nope"},
 		{"--admin", "nope"},
 		{"stray-argument"},
+		{"--listen-tls", ":0"},
+		{"--listen-tcp-tls", ":0", "--tls-cert", "a.crt"},
+		{"--tls-cert", "a.crt", "--tls-key", "a.key"},
+		{"--listen-tls", ":0", "--tls-cert", "a.crt", "--tls-key", "a.key", "--tls-handshake-timeout", "0s"},
+		{"--listen-tls", ":0", "--tls-cert", "a.crt", "--tls-key", "a.key", "--ktls", "on"},
+		{"--listen-tcp", "nope"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
