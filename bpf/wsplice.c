@@ -84,10 +84,16 @@ int wsplice_verdict(struct __sk_buff *skb)
 	if (!st || !ctl)
 		return SK_PASS;
 
-	/* A FIN arrives as an empty skb; redirecting it makes the peer
-	 * report EPIPE (KERNEL-NOTES 13). Userspace propagates FIN itself. */
+	/* A FIN arrives as an empty skb. Redirecting it makes the peer
+	 * report EPIPE (KERNEL-NOTES 13); passing it is no better: the empty
+	 * skb cannot be queued as a message, lands on the psock backlog, and
+	 * the kworker reports EPIPE on this socket and disables its TX, so
+	 * everything later redirected to it is dropped (seen on 6.18 as a
+	 * truncated echo after a client half-close). Dropping it is safe: TCP
+	 * has already recorded the FIN (read() returns 0) and userspace
+	 * propagates it itself. */
 	if (len == 0)
-		return SK_PASS;
+		return SK_DROP;
 
 	st->last_ns = bpf_ktime_get_ns();
 

@@ -299,7 +299,7 @@ func (s *Splicer) waitPeer(src *sock) error {
 		if err != nil {
 			return err
 		}
-		if given >= dst.written+st.Redirected {
+		if given >= dst.givenBase+dst.written+st.Redirected {
 			return nil
 		}
 		time.Sleep(backoff)

@@ -29,6 +29,10 @@ type sock struct {
 	peer     *sock  // the other socket of the pair
 	consumed uint64 // bytes read from this socket and written to peer
 	written  uint64 // bytes userspace wrote into this socket
+	// givenBase is what bytesGiven reports beyond what was written into
+	// the socket: 1 on a socket we connected (tcpi_bytes_acked counts the
+	// acked SYN there), 0 on an accepted one; measured, not assumed.
+	givenBase uint64
 	epoch    uint32 // drain episodes completed (conn_ctl.epoch)
 	eof      bool   // FIN read from this socket and passed on to peer
 	draining bool   // a drain goroutine owns this socket's reads
@@ -204,6 +208,9 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	// straight to it from now on.
 	cs.consumed = uint64(client.BytesRead())
 	bs.written = uint64(backend.BytesWritten())
+	if err := s.measureBase(bs); err != nil {
+		return fail(err)
+	}
 	if err := s.putCtl(cs); err != nil {
 		return fail(fmt.Errorf("switch client socket to redirect: %w", err))
 	}
@@ -211,6 +218,9 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 		return fail(fmt.Errorf("write to client: %w", err))
 	}
 	cs.written = uint64(client.BytesWritten())
+	if err := s.measureBase(cs); err != nil {
+		return fail(err)
+	}
 	bs.consumed = uint64(backend.BytesRead())
 	if err := s.putCtl(bs); err != nil {
 		return fail(fmt.Errorf("switch backend socket to redirect: %w", err))
@@ -237,6 +247,20 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 			s.kick(sk, 0)
 		}
 	}
+	return nil
+}
+
+// measureBase records sk.givenBase. It must run before anything is
+// redirected into sk: then every byte given to it was written by userspace.
+func (s *Splicer) measureBase(sk *sock) error {
+	given, err := bytesGiven(sk.fd)
+	if err != nil {
+		return fmt.Errorf("read socket counters: %w", err)
+	}
+	if given < sk.written {
+		return fmt.Errorf("socket counters: %d bytes given, %d written", given, sk.written)
+	}
+	sk.givenBase = given - sk.written
 	return nil
 }
 

@@ -356,9 +356,9 @@ func TestSpliceBackpressure(t *testing.T) {
 	if p > 32<<20 {
 		t.Fatalf("backend pushed %d MiB into a client that reads nothing: no backpressure", p>>20)
 	}
-	if before-after > 64<<20 {
-		t.Fatalf("MemAvailable fell by %d MiB", (before-after)>>20)
-	}
+	// MemAvailable is machine-wide and moves with whatever else runs, so
+	// it is only logged; the push stalling is the proof. Without
+	// backpressure the backend finishes its 100 MiB in well under a second.
 	// Now read: everything arrives intact, in order.
 	c.SetDeadline(time.Now().Add(60 * time.Second))
 	if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
@@ -485,4 +485,94 @@ func memAvailable(t testing.TB) int64 {
 		}
 	}
 	return kb << 10
+}
+
+// The client streams tens of MiB into an echo and half-closes while the
+// echo is still flowing back: every byte must come back before EOF.
+func TestSpliceHalfCloseWhileEchoing(t *testing.T) {
+	s := newSplicer(t)
+	h := newHarness(t, s, backendServer(t, "OK\n", echo))
+	for i := 0; i < 5; i++ {
+		const size = 64 << 20
+		c, r := dialHarness(t, h, nil)
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
+			t.Fatalf("greeting %q %v", line, err)
+		}
+		msg := pattern(size, uint64(i))
+		go func() {
+			c.Write(msg)
+			c.CloseWrite()
+		}()
+		back, err := io.ReadAll(r)
+		if i := firstDiff(back, msg); i >= 0 {
+			j := bytes.Index(msg, back[i:i+64])
+			t.Logf("first difference at %d; the bytes there come from offset %d of the stream", i, j)
+		}
+		if err != nil || !bytes.Equal(back, msg) {
+			t.Fatalf("run %d: got %d of %d bytes (%v), intact %v; stats %+v", i, len(back), size, err, bytes.Equal(back, msg[:min(len(back), size)]), s.Stats())
+		}
+		c.Close()
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	if len(a) != len(b) {
+		return min(len(a), len(b))
+	}
+	return -1
+}
+
+// Many pairs stream through an echo at once, so directions keep entering
+// and leaving the slow path; every byte must come back, in order.
+func TestSpliceConcurrentEcho(t *testing.T) {
+	s := newSplicer(t)
+	h := newHarness(t, s, backendServer(t, "OK\n", echo))
+	conns, size := 16, 16<<20
+	if testing.Short() {
+		conns, size = 4, 4<<20
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for i := 0; i < conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", h.addr())
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			msg := pattern(size, uint64(100+i))
+			go func() {
+				c.Write([]byte("HELLO\n"))
+				c.Write(msg)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+			r := bufio.NewReader(c)
+			if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
+				errs <- fmt.Errorf("conn %d greeting %q %v", i, line, err)
+				return
+			}
+			back, err := io.ReadAll(r)
+			if d := firstDiff(back, msg); d >= 0 || err != nil {
+				errs <- fmt.Errorf("conn %d: got %d of %d bytes (%v), first difference at %d", i, len(back), size, err, d)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		t.Logf("stats %+v", s.Stats())
+	}
 }
