@@ -331,6 +331,7 @@ say "kernel: $(field kernel)"
 say "boot: /init ran ${boot:-?}s after kernel start; VM total ${elapsed}s (host wall clock)"
 say "btf: $(field btf); kernel TLS: $(field ktls) (tcp_available_ulp: $(field tcp_available_ulp))"
 grep -E '^module ' "$results" | sed "s/^/$PROG: /" || true
+say "kernel warnings/BUGs in dmesg: $(field kernel_warnings)"
 grep -E '^(test|package) ' "$results" | sed "s/^/$PROG: /" || true
 marker=$(sed -n 's/^WSPLICE-VM-RESULT: //p' "$results" | tail -n 1)
 if [[ -z $marker ]]; then
