@@ -576,3 +576,68 @@ func TestSpliceConcurrentEcho(t *testing.T) {
 		t.Logf("stats %+v", s.Stats())
 	}
 }
+
+// A pair the kernel path cannot take (here: a backend socket that was never
+// adopted) goes to the fallback while the client socket stays in
+// sock_hash; its bytes must still flow both ways, and the half-close too.
+func TestSpliceFallbackWithSocketInMap(t *testing.T) {
+	requirePriv(t)
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	s, err := New(log, Options{Fallback: dataplane.NewUserspace(log)})
+	if err != nil {
+		t.Fatalf("load kernel path: %+v", err)
+	}
+	defer s.Close()
+	backendAddr := backendServer(t, "OK\n", echo)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		a, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		client, _ := s.Adopt(a.(*net.TCPConn))
+		bc, err := net.Dial("tcp", backendAddr)
+		if err != nil {
+			s.Release(client)
+			return
+		}
+		backend := dataplane.NewConn(bc.(*net.TCPConn)) // not adopted
+		cr := bufio.NewReader(client)
+		line, _ := cr.ReadBytes('\n')
+		backend.Write(line)
+		br := bufio.NewReader(backend)
+		reply, _ := br.ReadBytes('\n')
+		flush(cr, backend)
+		extra, _ := br.Peek(br.Buffered())
+		if err := s.Splice(client, backend, append(reply, extra...)); err != nil {
+			t.Errorf("splice: %v", err)
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	msg := pattern(8<<20, 11)
+	go func() {
+		c.Write([]byte("HELLO\n"))
+		c.Write(msg)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
+		t.Fatalf("greeting %q %v", line, err)
+	}
+	back, err := io.ReadAll(r)
+	if d := firstDiff(back, msg); d >= 0 || err != nil {
+		t.Fatalf("got %d of %d bytes (%v), first difference at %d", len(back), len(msg), err, d)
+	}
+	if st := s.Stats(); st.BytesUserspace < uint64(2*len(msg)) {
+		t.Fatalf("fallback moved %d bytes, want at least %d", st.BytesUserspace, 2*len(msg))
+	}
+}

@@ -165,6 +165,15 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 	var total int64
 	var err error
 	raw, err := src.TCPConn.SyscallConn()
+	if src.Cookie != 0 {
+		// The socket is still in a sockmap (a pair the kernel path
+		// handed over): its bytes wait in the psock queue, which only
+		// recvmsg reads. splice(2) and SIOCINQ see the TCP queue, which
+		// the verdict has already emptied, and would wait forever.
+		total, err = copyRead(dst, src, &u.bytes)
+		u.finish(p, dst, err, total, dir)
+		return
+	}
 	for err == nil {
 		var avail int
 		if avail, err = queued(raw); err != nil || avail == 0 {
@@ -305,4 +314,30 @@ func (u *Userspace) Close() error {
 	u.mu.Unlock()
 	u.wg.Wait()
 	return nil
+}
+
+// copyRead moves src to dst with read(2)/write(2) through a buffer,
+// counting as it goes; it returns nil at EOF.
+func copyRead(dst, src *Conn, moved *atomic.Uint64) (int64, error) {
+	buf := make([]byte, 64<<10)
+	var total int64
+	for {
+		n, err := src.TCPConn.Read(buf)
+		if n > 0 {
+			src.read.Add(int64(n))
+			m, werr := dst.TCPConn.Write(buf[:n])
+			dst.written.Add(int64(m))
+			moved.Add(uint64(m))
+			total += int64(m)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
 }
