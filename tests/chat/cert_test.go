@@ -18,11 +18,12 @@ import (
 )
 
 // writeTestCert writes a certificate for localhost and 127.0.0.1, signed by
-// a throw-away test CA, and its key, into dir. It returns the two paths and
-// the base64 SHA-256 of the certificate's public key, which Chromium's
-// --ignore-certificate-errors-spki-list takes: the browser then trusts this
-// one key and still checks everything else.
-func writeTestCert(t *testing.T, dir string) (certPath, keyPath, spki string) {
+// a throw-away test CA, and its key, into dir. It returns the two paths, the
+// base64 SHA-256 of the certificate's public key, which Chromium's
+// --ignore-certificate-errors-spki-list takes (the browser then trusts this
+// one key and still checks everything else), and a pool with the CA for
+// the test's own HTTPS requests.
+func writeTestCert(t *testing.T, dir string) (certPath, keyPath, spki string, roots *x509.CertPool) {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -84,5 +85,7 @@ func writeTestCert(t *testing.T, dir string) (certPath, keyPath, spki string) {
 	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return certPath, keyPath, base64.StdEncoding.EncodeToString(sum[:])
+	roots = x509.NewCertPool()
+	roots.AddCert(ca)
+	return certPath, keyPath, base64.StdEncoding.EncodeToString(sum[:]), roots
 }

@@ -3,6 +3,7 @@ package chat
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -265,9 +266,11 @@ func freeAddr(t *testing.T) string {
 
 var httpClient = &http.Client{Timeout: 2 * time.Second}
 
-// getOK GETs url and fails unless the answer is 200.
-func getOK(url string) ([]byte, error) {
-	resp, err := httpClient.Get(url)
+// getOK GETs url with httpClient and fails unless the answer is 200.
+func getOK(url string) ([]byte, error) { return getWith(httpClient, url) }
+
+func getWith(c *http.Client, url string) ([]byte, error) {
+	resp, err := c.Get(url)
 	if err != nil {
 		return nil, err
 	}
@@ -293,13 +296,15 @@ type stack struct {
 	// spki is the base64 SHA-256 of the TLS certificate's public key, for
 	// Chromium's --ignore-certificate-errors-spki-list (wss only).
 	spki string
+	// client reaches st.url (it trusts the test CA for wss).
+	client *http.Client
 }
 
 var backendNames = []string{"chat-1", "chat-2"}
 
 func startStack(t *testing.T, tl tools, dataplane, scheme string) *stack {
 	t.Helper()
-	st := &stack{dir: artifactDir(t), dataplane: dataplane, backends: map[string]*proc{}}
+	st := &stack{dir: artifactDir(t), dataplane: dataplane, backends: map[string]*proc{}, client: httpClient}
 	t.Logf("artifacts (screenshots, network log, process logs): %s", st.dir)
 
 	// Redis: loopback only, no persistence, its files in the test's
@@ -338,10 +343,14 @@ func startStack(t *testing.T, tl tools, dataplane, scheme string) *stack {
 	st.url = "http://" + listen + "/"
 	if scheme == "wss" {
 		tlsAddr := freeAddr(t)
-		cert, key, spki := writeTestCert(t, st.dir)
+		cert, key, spki, roots := writeTestCert(t, st.dir)
 		args = append(args, "--listen-tls", tlsAddr, "--tls-cert", cert, "--tls-key", key)
 		st.url = "https://" + tlsAddr + "/"
 		st.spki = spki
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: roots}
+		st.client = &http.Client{Timeout: 2 * time.Second, Transport: tr}
+		t.Cleanup(tr.CloseIdleConnections)
 	}
 	st.wsplice = startProc(t, st.dir, "wsplice", bins.wsplice, args...)
 	st.wsplice.waitFor(t, "/debug/stats", 10*time.Second, func() error {
@@ -363,6 +372,9 @@ type wspliceStats struct {
 	// HandshakeErrors counts WebSocket handshakes that did not end
 	// spliced, a 502 from a dead backend among them.
 	HandshakeErrors uint64 `json:"handshake_errors_total"`
+	// TLSPath counts TLS sessions by what carried their records: "ktls"
+	// (the kernel, then spliced) or "userspace" (crypto/tls).
+	TLSPath map[string]uint64 `json:"tls_path"`
 }
 
 func (st *stack) stats(t *testing.T) wspliceStats {
@@ -487,7 +499,7 @@ func runBrowser(t *testing.T, tl tools, st *stack, scenario string) browserResul
 			// to the survivor, so that the page's first reconnect goes to
 			// the dead backend: the balancer has no health checks yet,
 			// and the page must get over the 502 by retrying.
-			if _, err := getOK(st.url + "healthz"); err != nil {
+			if _, err := getWith(st.client, st.url+"healthz"); err != nil {
 				t.Logf("GET %shealthz after the kill: %v", st.url, err)
 			}
 			t.Logf("killed %s (SIGKILL)", rest)
