@@ -209,7 +209,10 @@ echo
 echo "==================================================================="
 echo " The chat room is at  http://localhost:$port/"
 ((tls)) && echo "               and at  https://localhost:$tls_port/  ($tls_note)"
-[[ -n $lan_ip ]] && echo " From another computer: http://$lan_ip:$port/"
+if [[ -n $lan_ip ]]; then
+	echo " From another computer: http://$lan_ip:$port/"
+	((tls)) && echo "                    and  https://$lan_ip:$tls_port/"
+fi
 echo
 echo " wsplice data path: $dataplane"
 if [[ $dataplane != sockmap ]]; then
@@ -236,10 +239,16 @@ for i in 1 2; do
 		tr -d '\r' | sed -n 's/^[Xx]-[Bb]ackend-[Nn]ame: //p')
 	say "try $i: curl http://localhost:$port/ -> ${served:+page served by }${served:-<no answer>}"
 done
+if ((tls)); then
+	# The smoke test checks the listener, not the certificate.
+	served=$(curl -kfsS --max-time 2 -o /dev/null -D - "https://localhost:$tls_port/" 2>/dev/null |
+		tr -d '\r' | sed -n 's/^[Xx]-[Bb]ackend-[Nn]ame: //p')
+	say "try 3: curl -k https://localhost:$tls_port/ -> ${served:+page served by }${served:-<no answer>}"
+fi
 if [[ -d $node_ws ]] && command -v node >/dev/null; then
 	oneliner="const WebSocket = require('$node_ws'); const ws = new WebSocket('ws://localhost:$port/ws', { origin: 'http://localhost:$port' }); ws.on('message', m => { const f = JSON.parse(m); if (f.type === 'hello') { console.log('WebSocket to ' + f.backend); ws.close(); } }); ws.on('error', e => { console.log(e.message); process.exit(1); });"
 	reply=$(timeout 5 node -e "$oneliner" 2>&1 || true)
-	say "try 3: ws://localhost:$port/ws -> ${reply:-<no answer>}"
+	say "try 4: ws://localhost:$port/ws -> ${reply:-<no answer>}"
 fi
 echo
 say "logs follow (wsplice and both backends; all logs in $logs)"
