@@ -121,9 +121,9 @@ func TestTwoBackends(t *testing.T) {
 	carol.send(t, map[string]string{"type": "message", "id": "c-1", "user": "", "text": "x"})
 	carol.send(t, map[string]string{"type": "message", "id": "c-2", "user": "carol", "text": strings.Repeat("x", maxText+1)})
 	carol.send(t, map[string]string{"type": "nope"})
-	for range 4 {
-		if f := carol.frame(t); f.Type != "error" || f.Error == "" {
-			t.Errorf("invalid message answered with %+v, want an error frame", f)
+	for _, id := range []string{"bad id!", "c-1", "c-2", ""} {
+		if f := carol.frame(t); f.Type != "error" || f.Error == "" || f.ID != id {
+			t.Errorf("invalid message answered with %+v, want an error frame for id %q", f, id)
 		}
 	}
 	carol.send(t, map[string]string{"type": "ping"})
@@ -233,6 +233,7 @@ type wsClient struct{ conn *websocket.Conn }
 
 type frame struct {
 	Type     string        `json:"type"`
+	ID       string        `json:"id"`
 	Backend  string        `json:"backend"`
 	Error    string        `json:"error"`
 	Message  wireMessage   `json:"message"`

@@ -308,7 +308,7 @@ func (s *chatServer) readLoop(c *client, log zerolog.Logger) {
 		c.conn.SetReadDeadline(time.Now().Add(pongWait))
 		var f clientFrame
 		if err := json.Unmarshal(data, &f); err != nil {
-			s.reject(c, "not a JSON object")
+			s.reject(c, "", "not a JSON object")
 			continue
 		}
 		switch f.Type {
@@ -317,7 +317,7 @@ func (s *chatServer) readLoop(c *client, log zerolog.Logger) {
 		case "message":
 			msg, err := s.validate(f)
 			if err != nil {
-				s.reject(c, err.Error())
+				s.reject(c, f.ID, err.Error())
 				continue
 			}
 			if err := s.publish(msg); err != nil {
@@ -331,7 +331,7 @@ func (s *chatServer) readLoop(c *client, log zerolog.Logger) {
 				return
 			}
 		default:
-			s.reject(c, fmt.Sprintf("unknown message type %q", f.Type))
+			s.reject(c, "", fmt.Sprintf("unknown message type %q", f.Type))
 		}
 	}
 }
@@ -375,9 +375,14 @@ func (s *chatServer) publish(msg chatMessage) error {
 
 func (s *chatServer) historyKey() string { return s.channel + ":history" }
 
-// reject tells the page what was wrong with what it sent.
-func (s *chatServer) reject(c *client, reason string) {
-	b, _ := json.Marshal(map[string]string{"type": "error", "error": reason})
+// reject tells the page what was wrong with what it sent; id names the
+// message, so that the page stops sending it.
+func (s *chatServer) reject(c *client, id, reason string) {
+	f := map[string]string{"type": "error", "error": reason}
+	if id != "" {
+		f["id"] = id
+	}
+	b, _ := json.Marshal(f)
 	s.enqueue(c, b)
 }
 

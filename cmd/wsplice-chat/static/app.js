@@ -92,7 +92,7 @@
 			case 'hello': onHello(f.backend); break;
 			case 'history': (f.messages || []).forEach(addMessage); break;
 			case 'message': addMessage(f.message); break;
-			case 'error': showError(`server: ${f.error}`); break;
+			case 'error': onError(f); break;
 			}
 		};
 		sock.onclose = (ev) => {
@@ -201,6 +201,20 @@
 		shown.set(m.id, { seq: m.seq, li });
 		el.empty.hidden = true;
 		if (stick) el.log.scrollTop = el.log.scrollHeight;
+	}
+
+	// onError: the server refused something; a refused message is not
+	// sent again.
+	function onError(f) {
+		const i = f.id ? pending.findIndex((p) => p.msg.id === f.id) : -1;
+		if (i < 0) {
+			showError(`server: ${f.error}`);
+			return;
+		}
+		const li = pending[i].li;
+		pending.splice(i, 1);
+		li.classList.add('failed');
+		li.querySelector('.meta span:last-child').textContent = `not sent: ${f.error}`;
 	}
 
 	function showError(text) {
