@@ -23,40 +23,73 @@ char __license[] SEC("license") = "Dual BSD/GPL";
  * send buffer. */
 volatile const __u32 backlog_floor = WSPLICE_BACKLOG_FLOOR;
 
-/* peer_room tells whether the peer can take more bytes: what was
- * redirected but not yet written into it (the psock backlog, drained by a
- * kworker, which no socket accounting sees) must stay within its sndbuf.
- * It also returns the peer's write_seq. */
-static __always_inline int peer_room(__u64 *peer_cookie, struct conn_stats *st,
-				     __u32 *write_seq)
+/* Room in the peer, as peer_room sees it. */
+enum room {
+	ROOM_OK = 0,	/* backlog under the limit: redirect */
+	ROOM_SOFT = 1,	/* over the limit: pass, unless passing could stall */
+	ROOM_HARD = 2,	/* over four times the limit: pass */
+};
+
+/* peer_room compares what was redirected to the peer but not yet written
+ * into it (the psock backlog, drained by a kworker, which no socket
+ * accounting sees) with max(peer's sk_sndbuf, backlog_floor). The send
+ * queue itself is capped at sk_sndbuf by TCP (the kworker gets EAGAIN and
+ * retries), so a stalled reader costs a bounded amount, while a bulk flow,
+ * whose send queue sits full by design, keeps redirecting. It also returns
+ * the peer's write_seq. */
+static __always_inline enum room peer_room(__u64 *peer_cookie, struct conn_stats *st,
+					   __u32 *write_seq)
 {
-	struct bpf_sock *sk;
+	enum room room = ROOM_HARD;
 	struct tcp_sock___ws *tp;
-	int ok = 0;
+	struct bpf_sock *sk;
 
 	sk = bpf_map_lookup_elem(&sock_hash, peer_cookie);
 	if (!sk)
-		return 0;
+		return ROOM_HARD;
 	tp = (struct tcp_sock___ws *)bpf_skc_to_tcp_sock(sk);
 	if (tp) {
 		struct sock___ws *s = (struct sock___ws *)tp;
 		__u32 seq = tp->write_seq;
-		__u32 backlog = st->redirecting ? st->peer_seq_goal - seq : 0;
-
-		*write_seq = seq;
-		/* The send queue itself is capped at sk_sndbuf by TCP (the
-		 * kworker gets EAGAIN and retries); the backlog we cap at
-		 * max(sk_sndbuf, backlog_floor), so a stalled reader costs a
-		 * bounded amount, while a bulk flow, whose send queue sits full
-		 * by design, keeps redirecting. */
+		__s64 backlog = st->redirecting ? (__s32)(st->peer_seq_goal - seq) : 0;
 		__s64 limit = s->sk_sndbuf;
 
 		if (limit < backlog_floor)
 			limit = backlog_floor;
-		ok = (__s64)backlog < limit;
+		*write_seq = seq;
+		if (backlog < limit)
+			room = ROOM_OK;
+		else if (backlog < 4 * limit)
+			room = ROOM_SOFT;
 	}
 	bpf_sk_release(sk);
-	return ok;
+	return room;
+}
+
+/* inbound_pending tells whether bytes redirected *to* this socket by its
+ * peer still wait in this socket's psock queue. A pass must then wait
+ * too: the kernel queues it behind them to keep order. If those bytes wait
+ * for this socket's remote end to read, and that end waits for us to read
+ * what we pass (an echo server that reads, then writes), both stall; so
+ * over the soft limit we keep redirecting while this holds. */
+static __always_inline int inbound_pending(__u64 *cookie, __u64 *peer_cookie)
+{
+	struct conn_stats *pst;
+	struct tcp_sock___ws *tp;
+	struct bpf_sock *sk;
+	int pending = 0;
+
+	pst = bpf_map_lookup_elem(&stats_map, peer_cookie);
+	if (!pst || !pst->redirecting)
+		return 0;
+	sk = bpf_map_lookup_elem(&sock_hash, cookie);
+	if (!sk)
+		return 0;
+	tp = (struct tcp_sock___ws *)bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		pending = (__s32)(pst->peer_seq_goal - tp->write_seq) > 0;
+	bpf_sk_release(sk);
+	return pending;
 }
 
 static __always_inline void announce_pass(__u64 cookie, struct conn_ctl *ctl,
@@ -103,8 +136,16 @@ int wsplice_verdict(struct __sk_buff *skb)
 	 * passing until it has forwarded them all, or order breaks. */
 	if (ctl->consumed != st->passed)
 		goto pass_notify;
-	if (!peer_room(&ctl->peer, st, &seq))
+	switch (peer_room(&ctl->peer, st, &seq)) {
+	case ROOM_OK:
+		break;
+	case ROOM_SOFT:
+		if (inbound_pending(&cookie, &ctl->peer))
+			break;
 		goto pass_notify;
+	default:
+		goto pass_notify;
+	}
 
 	if (!st->redirecting) {
 		/* Userspace drained the backlog before it wrote the last

@@ -71,6 +71,7 @@ func (s *Splicer) drain(src *sock) {
 	defer bufPool.Put(bp)
 	buf := *bp
 	dst := src.peer
+	stuck := 0
 	for {
 		// Bytes redirected earlier may still wait in the peer's psock
 		// queue; ours must land after them.
@@ -111,11 +112,31 @@ func (s *Splicer) drain(src *sock) {
 		n, _, err := unix.Recvfrom(src.fd, buf[:min(want, uint64(len(buf)))], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		switch {
 		case n > 0:
+			stuck = 0
 		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
-			// Passed bytes are counted just before they are queued.
+			// Passed bytes are counted just before they are queued,
+			// so a short wait is normal. A long one means the kernel
+			// could not queue them (the socket's receive memory was
+			// over SO_RCVBUF) and parked them on the psock's work
+			// queue, behind the bytes redirected *to* this socket;
+			// those wait for room that these bytes' sender holds: a
+			// deadlock. Growing SO_RCVBUF lets the next retry of the
+			// work queue deliver them.
+			stuck++
+			if stuck%64 == 0 {
+				growRcvBuf(src.fd)
+			}
 			time.Sleep(50 * time.Microsecond)
 			continue
 		case n == 0 && err == nil:
+			// recvmsg reports the FIN as soon as the message queue is
+			// empty, even while passed bytes still wait on the psock's
+			// work queue (see above): wait for them, within bounds.
+			stuck++
+			if stuck < stuckLimit {
+				time.Sleep(50 * time.Microsecond)
+				continue
+			}
 			s.log.Warn().Uint64("missing", want).Msg("stream ended before every passed byte was read")
 			if s.finish(src) {
 				return
@@ -282,8 +303,6 @@ func (s *Splicer) finish(src *sock) bool {
 // waitPeer waits until every byte redirected from src has been written
 // into the peer socket: what the peer was given (acked + still queued)
 // equals what userspace wrote into it plus what the verdict redirected.
-// Reading bytes_acked before SIOCOUTQ can only under-count, so equality
-// is never reported early.
 func (s *Splicer) waitPeer(src *sock) error {
 	dst := src.peer
 	backoff := 20 * time.Microsecond
@@ -307,17 +326,32 @@ func (s *Splicer) waitPeer(src *sock) error {
 	}
 }
 
-// bytesGiven is the number of bytes ever written into a TCP socket.
+// bytesGiven is the number of bytes ever written into a TCP socket (plus
+// the socket's givenBase): acked bytes plus the send queue. An ACK between
+// the two reads would make the sum short, so it retries until bytes_acked
+// did not move around the SIOCOUTQ read.
 func bytesGiven(fd int) (uint64, error) {
-	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-	if err != nil {
-		return 0, err
+	for {
+		before, err := tcpInfo(fd)
+		if err != nil {
+			return 0, err
+		}
+		outq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+		if err != nil {
+			return 0, err
+		}
+		after, err := tcpInfo(fd)
+		if err != nil {
+			return 0, err
+		}
+		if before.Bytes_acked == after.Bytes_acked {
+			return after.Bytes_acked + uint64(outq), nil
+		}
 	}
-	outq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
-	if err != nil {
-		return 0, err
-	}
-	return ti.Bytes_acked + uint64(outq), nil
+}
+
+func tcpInfo(fd int) (*unix.TCPInfo, error) {
+	return unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 }
 
 // writeAll writes b to a non-blocking socket, waiting while it is full.
@@ -427,3 +461,20 @@ func sockError(fd int) error {
 	}
 	return nil
 }
+
+// growRcvBuf doubles a socket's receive buffer, up to maxRcvBuf.
+func growRcvBuf(fd int) {
+	cur, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF)
+	if err != nil || cur >= maxRcvBuf {
+		return
+	}
+	// The kernel doubles what it is given and reports the doubled value.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, min(cur, maxRcvBuf/2))
+}
+
+// stuckLimit bounds how many 50 µs waits a drain spends on passed bytes
+// that have not reached the message queue (about 5 s).
+const stuckLimit = 100_000
+
+// maxRcvBuf caps growRcvBuf.
+const maxRcvBuf = 64 << 20

@@ -51,12 +51,12 @@ type pair struct {
 // It bounds what the verdict can pass to userspace at once, so a stream
 // that needed the slow path returns to the kernel quickly; the TCP window
 // it allows still covers a loopback or data-centre BDP.
-var spliceRcvBuf = 512 << 10
+var spliceRcvBuf = 0
 
 // bufPool holds slow-path buffers; only directions in the slow path use
 // one. A buffer holds a whole receive queue (2 × spliceRcvBuf), so one
 // round can forward everything passed and hand the stream back at once.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 2*spliceRcvBuf); return &b }}
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 // Adopt implements dataplane.Dataplane: the socket enters sock_hash in
 // pass mode before its first byte is read, so every byte it ever receives
@@ -226,7 +226,9 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 		return fail(fmt.Errorf("switch backend socket to redirect: %w", err))
 	}
 	for _, sk := range p.socks {
-		_ = sk.conn.SetReadBuffer(spliceRcvBuf)
+		if spliceRcvBuf > 0 {
+			_ = sk.conn.SetReadBuffer(spliceRcvBuf)
+		}
 		// The Go conn goes away (and with it the runtime poller's
 		// registration); the socket lives on through sk.fd.
 		sk.conn.TCPConn.Close()

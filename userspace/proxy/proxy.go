@@ -460,5 +460,15 @@ func (p *Proxy) adminHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(p.Stats())
 	})
+	if in, ok := p.dp.(interface{ DebugPairs() any }); ok {
+		// Per-pair state of the data plane, for diagnosing a stalled
+		// connection; it walks every pair, so it is not for scraping.
+		mux.HandleFunc("GET /debug/pairs", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(in.DebugPairs())
+		})
+	}
 	return mux
 }
