@@ -26,5 +26,6 @@
 //	WSPLICE_CHURN_CONNS              connections of TestChurn (10000)
 //	WSPLICE_PUSH_BYTES               bytes pushed at TestSlowReader's client (100 MiB)
 //	WSPLICE_STALL_SECONDS            how long that client reads nothing (10)
-//	WSPLICE_NODE_MESSAGES            messages of TestNodeClient (2000)
+//	WSPLICE_NODE_MESSAGES            messages of TestNodeClient and TestTLSNodeClient (2000)
+//	WSPLICE_TLS_MESSAGES             messages of TestTLSEcho per listener (400)
 package e2e

@@ -9,13 +9,18 @@
 //
 // Usage: node client.js --url ws://HOST:PORT/PATH [--connections 4]
 //        [--messages 100] [--max-size 262144] [--window 8] [--timeout 60]
+//        [--ca CA.pem]
+//
+// With a wss:// URL, --ca names the PEM file of the only CA trusted (Node's
+// own TLS stack verifies the chain and the host name against it).
 'use strict';
 
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 const WebSocket = require('ws');
 
 function parseArgs(argv) {
-  const opts = { url: '', connections: 4, messages: 100, maxSize: 256 << 10, window: 8, timeout: 60 };
+  const opts = { url: '', connections: 4, messages: 100, maxSize: 256 << 10, window: 8, timeout: 60, ca: '' };
   for (let i = 0; i < argv.length; i += 2) {
     const [flag, value] = [argv[i], argv[i + 1]];
     switch (flag) {
@@ -25,6 +30,7 @@ function parseArgs(argv) {
       case '--max-size': opts.maxSize = Number(value); break;
       case '--window': opts.window = Number(value); break;
       case '--timeout': opts.timeout = Number(value); break;
+      case '--ca': opts.ca = value; break;
       default: throw new Error(`unknown flag ${flag}`);
     }
   }
@@ -49,7 +55,9 @@ function randomMessage(maxSize) {
 // resolves with the backend's name and the bytes echoed.
 function runConnection(id, opts) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(opts.url, { perMessageDeflate: false, maxPayload: 64 << 20 });
+    const wsOpts = { perMessageDeflate: false, maxPayload: 64 << 20 };
+    if (opts.ca) wsOpts.ca = fs.readFileSync(opts.ca);
+    const ws = new WebSocket(opts.url, wsOpts);
     const inFlight = [];
     let sent = 0;
     let received = 0;
