@@ -8,7 +8,20 @@
 #
 # Targets: direct, sockmap (wsplice kernel path), userspace (wsplice Go
 # relay), haproxy, nginx. Scenarios: open-loop, closed-loop, bulk, handshake,
-# idle (cmd/wsplice-load documents each). Every scenario runs REPS times;
+# idle (cmd/wsplice-load documents each).
+#
+# WSS: the targets wsplice-tls (--listen-tls), haproxy-tls (bind ... ssl crt)
+# and nginx-tls (listen ... ssl) terminate TLS with the same generated
+# self-signed ECDSA P-256 certificate in front of the same plaintext echo
+# backend; the generator connects with --tls (TLS 1.3, a full handshake per
+# connection, no resumption, certificate not verified). They run only the
+# scenarios in WSS_SCENARIOS. TARGETS=wss is short for "direct wsplice-tls
+# haproxy-tls nginx-tls" (direct: plaintext, for reference). On a kernel
+# without TLS (no "tls" in /proc/sys/net/ipv4/tcp_available_ulp) wsplice
+# carries TLS records in Go's crypto/tls: the userspace TLS path; the
+# report's WSS table says which path the run used.
+#
+# Every scenario runs REPS times;
 # repetitions are interleaved (rep 1 of every target, then rep 2...) so that
 # the noise of a shared machine spreads over all targets, and each target is
 # started fresh for each repetition.
@@ -16,7 +29,9 @@
 # Environment (defaults in brackets):
 #   REPS [3]  DURATION [10s]  WARMUP [2s]  RATE [5000 msgs/s, open-loop]
 #   OPEN_CONNS [100]  CLOSED_CONNS [64]  BULK_CONNS [2]  HS_WORKERS [16]
-#   IDLE_CONNS [fd limit / 2 - 100]  TARGETS [direct sockmap userspace haproxy nginx]
+#   IDLE_CONNS [fd limit / 2 - 100]
+#   TARGETS [direct sockmap userspace haproxy nginx wsplice-tls haproxy-tls nginx-tls]
+#   WSS_SCENARIOS [closed-loop handshake: the scenarios the -tls targets run]
 #   SCENARIOS [open-loop closed-loop bulk handshake idle]
 #   PERF [1: perf profile of the closed-loop run on the kernel and userspace paths]
 #   OUT [bench/results/<UTC date-time>]  LATEST [1: copy the report to
@@ -51,7 +66,9 @@ OPEN_CONNS=${OPEN_CONNS:-100}
 CLOSED_CONNS=${CLOSED_CONNS:-64}
 BULK_CONNS=${BULK_CONNS:-2}
 HS_WORKERS=${HS_WORKERS:-16}
-TARGETS=${TARGETS:-direct sockmap userspace haproxy nginx}
+TARGETS=${TARGETS:-direct sockmap userspace haproxy nginx wsplice-tls haproxy-tls nginx-tls}
+[[ $TARGETS != wss ]] || TARGETS="direct wsplice-tls haproxy-tls nginx-tls"
+WSS_SCENARIOS=${WSS_SCENARIOS:-closed-loop handshake}
 SCENARIOS=${SCENARIOS:-open-loop closed-loop bulk handshake idle}
 PERF=${PERF:-1}
 LATEST=${LATEST:-1}
@@ -87,7 +104,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 backend_port=19100
-declare -A port=([direct]=19100 [sockmap]=19201 [userspace]=19202 [haproxy]=19203 [nginx]=19204)
+declare -A port=([direct]=19100 [sockmap]=19201 [userspace]=19202 [haproxy]=19203 [nginx]=19204
+	[wsplice-tls]=19301 [haproxy-tls]=19303 [nginx-tls]=19304)
 backend=127.0.0.1:$backend_port
 
 wait_port() { # wait until something accepts on 127.0.0.1:$1
@@ -99,9 +117,27 @@ wait_port() { # wait until something accepts on 127.0.0.1:$1
 	return 1
 }
 
-# Fill a template's @VARS@.
+# The WSS targets' certificate: self-signed, for 127.0.0.1 and localhost;
+# HAProxy wants the chain and the key in one file.
+tls_cert() {
+	[[ -s $run/tls.pem ]] && return 0
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+		-subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+		-keyout "$run/tls.key" -out "$run/tls.crt" 2>/dev/null || die "openssl could not make the benchmark certificate"
+	cat "$run/tls.crt" "$run/tls.key" >"$run/tls.pem"
+}
+is_tls() { [[ $1 == *-tls ]]; }
+
+# Fill a template's @VARS@; a -tls target's template turns TLS on
+# (@HAPROXY_SSL@, @NGINX_SSL@, @NGINX_SSL_CONF@), others leave it off.
 render() {
-	sed -e "s|@NPROC@|$nproc|g" -e "s|@NOFILE@|$nofile|g" -e "s|@MAXCONN@|$((nofile / 2 - 50))|g" \
+	local hs="" ns="" nc=""
+	if [[ ${3:-} == tls ]]; then
+		hs=" ssl crt $run/tls.pem alpn http/1.1"
+		ns=" ssl"
+		nc="ssl_certificate $run/tls.crt; ssl_certificate_key $run/tls.key; ssl_protocols TLSv1.2 TLSv1.3;"
+	fi
+	sed -e "s|@HAPROXY_SSL@|$hs|g" -e "s|@NGINX_SSL@|$ns|g" -e "s|@NGINX_SSL_CONF@|$nc|g" -e "s|@NPROC@|$nproc|g" -e "s|@NOFILE@|$nofile|g" -e "s|@MAXCONN@|$((nofile / 2 - 50))|g" \
 		-e "s|@RUNDIR@|$run|g" -e "s|@BACKEND@|$backend|g" -e "s|@LISTEN@|127.0.0.1:$2|g" "$1"
 }
 
@@ -110,6 +146,7 @@ target_pids= # the balancer's processes, for RSS
 start_target() {
 	local t=$1 p=${port[$1]}
 	target_pid= target_pids=
+	! is_tls "$t" || tls_cert
 	case $t in
 	direct) return 0 ;;
 	sockmap | userspace)
@@ -118,22 +155,30 @@ start_target() {
 		target_pid=$!
 		target_pids=$target_pid
 		;;
-	haproxy)
-		render bench/conf/haproxy.cfg.tmpl "$p" >"$run/haproxy.cfg"
-		haproxy -db -f "$run/haproxy.cfg" >"$run/haproxy.log" 2>&1 &
+	wsplice-tls)
+		# TLS pairs are relayed by Go whatever the data path (the
+		# README's TLS section): --dataplane only names the plain one.
+		bin/wsplice --listen-tls "127.0.0.1:$p" --tls-cert "$run/tls.crt" --tls-key "$run/tls.key" \
+			--backend "$backend" --admin "127.0.0.1:$((p + 90))" --log-level warn >"$run/$t.log" 2>&1 &
 		target_pid=$!
 		target_pids=$target_pid
 		;;
-	nginx)
+	haproxy | haproxy-tls)
+		render bench/conf/haproxy.cfg.tmpl "$p" "$(is_tls "$t" && echo tls)" >"$run/$t.cfg"
+		haproxy -db -f "$run/$t.cfg" >"$run/$t.log" 2>&1 &
+		target_pid=$!
+		target_pids=$target_pid
+		;;
+	nginx | nginx-tls)
 		mkdir -p "$run/body" "$run/proxy" "$run/fastcgi" "$run/uwsgi" "$run/scgi"
-		render bench/conf/nginx.conf.tmpl "$p" >"$run/nginx.conf"
-		nginx -e "$run/nginx-error.log" -p "$run" -c "$run/nginx.conf" >"$run/nginx.log" 2>&1 &
+		render bench/conf/nginx.conf.tmpl "$p" "$(is_tls "$t" && echo tls)" >"$run/$t.conf"
+		nginx -e "$run/nginx-error.log" -p "$run" -c "$run/$t.conf" >"$run/$t.log" 2>&1 &
 		target_pid=$!
 		;;
 	esac
 	pids+=("$target_pid")
 	wait_port "$p" || { cat "$run/$t.log" "$run"/*.log >&2 || true; die "$t did not start listening on $p"; }
-	if [[ $t == nginx ]]; then # master and its workers
+	if [[ $t == nginx* ]]; then # master and its workers
 		target_pids=$(
 			echo "$target_pid"
 			pgrep -P "$target_pid"
@@ -143,6 +188,9 @@ start_target() {
 }
 stop_target() {
 	[[ -n $target_pid ]] || return 0
+	if [[ ${1:-} == wsplice-tls ]]; then # which path carried the TLS records
+		curl -fsS "http://127.0.0.1:$((port[$1] + 90))/debug/stats" >"$OUT/wsplice-tls-stats.$2.json" 2>/dev/null || true
+	fi
 	kill "$target_pid" 2>/dev/null || true
 	wait "$target_pid" 2>/dev/null || true
 	target_pid=
@@ -157,12 +205,13 @@ start_backend() {
 
 load() { # scenario target rep: one run of the generator, JSON into raw/
 	local s=$1 t=$2 r=$3 args=() f="$OUT/raw/$2.$1.$3.json"
+	! is_tls "$t" || args+=(--tls)
 	case $s in
-	open-loop) args=(--conns "$OPEN_CONNS" --rate "$RATE") ;;
-	closed-loop) args=(--conns "$CLOSED_CONNS") ;;
-	bulk) args=(--conns "$BULK_CONNS") ;;
-	handshake) args=(--conns "$HS_WORKERS") ;;
-	idle) args=(--conns "$IDLE_CONNS" --pids "${target_pids:-$backend_pid}") ;;
+	open-loop) args+=(--conns "$OPEN_CONNS" --rate "$RATE") ;;
+	closed-loop) args+=(--conns "$CLOSED_CONNS") ;;
+	bulk) args+=(--conns "$BULK_CONNS") ;;
+	handshake) args+=(--conns "$HS_WORKERS") ;;
+	idle) args+=(--conns "$IDLE_CONNS" --pids "${target_pids:-$backend_pid}") ;;
 	esac
 	say "rep $r/$REPS: $t $s"
 	local cpu_pids=$backend_pid
@@ -196,7 +245,10 @@ machine_info() {
   "loadavg_start": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "reps": $REPS, "duration": "$DURATION", "warmup": "$WARMUP", "rate": $RATE,
   "open_conns": $OPEN_CONNS, "closed_conns": $CLOSED_CONNS, "bulk_conns": $BULK_CONNS,
-  "handshake_workers": $HS_WORKERS, "idle_conns": $IDLE_CONNS, "smoke": $smoke
+  "handshake_workers": $HS_WORKERS, "idle_conns": $IDLE_CONNS, "smoke": $smoke,
+  "openssl": "$(openssl version | awk '{ print $2 }')",
+  "wss_scenarios": "$WSS_SCENARIOS",
+  "tls_path": "$(grep -qw tls /proc/sys/net/ipv4/tcp_available_ulp 2>/dev/null && echo ktls || echo userspace)"
 }
 JSON
 }
@@ -208,9 +260,12 @@ for r in $(seq "$REPS"); do
 	for t in $TARGETS; do
 		start_target "$t"
 		for s in $SCENARIOS; do
+			if is_tls "$t" && [[ " $WSS_SCENARIOS " != *" $s "* ]]; then
+				continue
+			fi
 			load "$s" "$t" "$r"
 		done
-		stop_target
+		stop_target "$t" "$r"
 	done
 done
 

@@ -19,9 +19,14 @@ import (
 // project's kernel path.
 var targets = []string{"direct", "sockmap", "userspace", "haproxy", "nginx"}
 
+// wssTargets terminate TLS in front of the same plaintext backend; they
+// have a table of their own.
+var wssTargets = []string{"wsplice-tls", "haproxy-tls", "nginx-tls"}
+
 var targetNames = map[string]string{
 	"direct": "direct", "sockmap": "wsplice sockmap", "userspace": "wsplice userspace",
 	"haproxy": "HAProxy", "nginx": "nginx",
+	"wsplice-tls": "wsplice --listen-tls", "haproxy-tls": "HAProxy bind ssl", "nginx-tls": "nginx listen ssl",
 }
 
 // run is the subset of cmd/wsplice-load's JSON the report uses.
@@ -190,5 +195,5 @@ func build(dir string) error {
 	if err := charts(dir, m); err != nil {
 		return fmt.Errorf("charts: %w", err)
 	}
-	return os.WriteFile(filepath.Join(dir, "report.md"), []byte(markdown(dir, m, machine)), 0o644)
+	return os.WriteFile(filepath.Join(dir, "report.md"), []byte(markdown(dir, m, machine)+wssMarkdown(dir, m)), 0o644)
 }

@@ -16,10 +16,14 @@
 // CPU is measured system-wide from /proc/stat over the measured interval.
 // An integrity error (an echo that is not exactly what was sent) makes the
 // exit status 1.
+//
+// With --tls every mode speaks wss:// (TLS 1.3 unless the server offers
+// only 1.2); handshake mode's latency then includes the TLS handshake.
 package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -64,6 +68,18 @@ type config struct {
 	DialTimeout time.Duration `json:"-"`
 	Baseline    time.Duration `json:"-"`
 	CPUPids     []int         `json:"cpu_pids,omitempty"`
+	// TLS: wss://, each connection a full TLS handshake (no session
+	// resumption) that verifies nothing (InsecureSkipVerify: a benchmark
+	// measures the proxy, not the client's trust store).
+	TLS bool `json:"tls,omitempty"`
+}
+
+// tlsConfig is the client's TLS configuration with --tls, else nil.
+func (c config) tlsConfig() *tls.Config {
+	if !c.TLS {
+		return nil
+	}
+	return &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}
 }
 
 // result is the JSON printed on stdout. Fields that do not apply to a mode
@@ -123,6 +139,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&cpuPids, "cpu-pids", "", "comma-separated PIDs of the processes under test (proxy, backend) for attributed CPU")
 	fs.StringVar(&c.Label, "label", "", "free text copied into the output")
 	fs.DurationVar(&c.Baseline, "baseline", time.Second, "idle time sampled before the run to measure background CPU (0: none)")
+	fs.BoolVar(&c.TLS, "tls", false, "connect with TLS (wss://): a full handshake per connection, certificate not verified")
 	fs.DurationVar(&c.DialTimeout, "dial-timeout", 10*time.Second, "timeout of connect + handshake")
 	if err := fs.Parse(args); err != nil {
 		return c, err

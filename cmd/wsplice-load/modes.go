@@ -54,7 +54,7 @@ func dialAll(ctx context.Context, cfg config, n int) ([]*wsConn, error) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			c, err := dialWS(cfg.Addr, cfg.Path, cfg.DialTimeout)
+			c, err := dialWS(cfg.Addr, cfg.Path, cfg.DialTimeout, cfg.tlsConfig())
 			if err != nil {
 				fe.set(fmt.Errorf("connection %d: %w", i, err))
 				return
@@ -415,7 +415,7 @@ func runHandshake(ctx context.Context, cfg config) (*result, error) {
 				}
 				attempts.Add(1)
 				t := time.Now()
-				c, err := dialWS(cfg.Addr, cfg.Path, cfg.DialTimeout)
+				c, err := dialWS(cfg.Addr, cfg.Path, cfg.DialTimeout, cfg.tlsConfig())
 				if err != nil {
 					fe.set(fmt.Errorf("worker %d: %w", w, err))
 					continue

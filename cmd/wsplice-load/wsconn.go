@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"crypto/sha1"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -29,22 +31,34 @@ var errIntegrity = errors.New("integrity error")
 const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 type wsConn struct {
-	c    *net.TCPConn
+	c    net.Conn // *net.TCPConn, or *tls.Conn with --tls
 	r    *bufio.Reader
 	mask [4]byte
 	wbuf []byte
 	hdr  [14]byte
 }
 
-// dialWS opens a TCP connection to addr and performs the opening handshake
-// for path. It returns once a valid 101 has been read.
-func dialWS(addr, path string, timeout time.Duration) (*wsConn, error) {
+// dialWS opens a TCP connection to addr, with tlsCfg a TLS session over it
+// (wss://), and performs the opening handshake for path. It returns once a
+// valid 101 has been read.
+func dialWS(addr, path string, timeout time.Duration, tlsCfg *tls.Config) (*wsConn, error) {
 	d := net.Dialer{Timeout: timeout}
 	nc, err := d.Dial("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	c := nc.(*net.TCPConn)
+	c := nc
+	if tlsCfg != nil {
+		tc := tls.Client(nc, tlsCfg)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
+		}
+		c = tc
+	}
 	ws, err := handshake(c, addr, path, timeout)
 	if err != nil {
 		c.Close()
@@ -53,7 +67,7 @@ func dialWS(addr, path string, timeout time.Duration) (*wsConn, error) {
 	return ws, nil
 }
 
-func handshake(c *net.TCPConn, host, path string, timeout time.Duration) (*wsConn, error) {
+func handshake(c net.Conn, host, path string, timeout time.Duration) (*wsConn, error) {
 	var keyRaw [16]byte
 	rand.Read(keyRaw[:])
 	key := base64.StdEncoding.EncodeToString(keyRaw[:])
