@@ -47,16 +47,17 @@ type pair struct {
 	users  int // drain goroutines running; fds close when it drops to 0
 }
 
-// spliceRcvBuf caps SO_RCVBUF of spliced sockets (the kernel doubles it).
-// It bounds what the verdict can pass to userspace at once, so a stream
-// that needed the slow path returns to the kernel quickly; the TCP window
-// it allows still covers a loopback or data-centre BDP.
+// spliceRcvBuf, when set, caps SO_RCVBUF of spliced sockets. It is 0:
+// a capped receive buffer makes the kernel park passed bytes on the psock
+// work queue (their receive memory is over SO_RCVBUF), behind bytes
+// redirected into the same socket, which stalled a bidirectional stress
+// test; autotuning keeps it rare.
 var spliceRcvBuf = 0
 
 // bufPool holds slow-path buffers; only directions in the slow path use
-// one. A buffer holds a whole receive queue (2 × spliceRcvBuf), so one
-// round can forward everything passed and hand the stream back at once.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+// one. The larger the buffer, the likelier one round takes everything
+// passed and hands the stream back to the kernel at once.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 4<<20); return &b }}
 
 // Adopt implements dataplane.Dataplane: the socket enters sock_hash in
 // pass mode before its first byte is read, so every byte it ever receives
