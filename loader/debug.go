@@ -10,7 +10,7 @@ type SockState struct {
 	Passed     uint64 `json:"passed"`
 	Redirected uint64 `json:"redirected"`
 	Received   uint64 `json:"received"`
-	Epoch      uint32 `json:"epoch"`
+	UserMode   bool   `json:"user_mode"`
 	Notified   uint32 `json:"notified"`
 	EOF        bool   `json:"eof"`
 	Draining   bool   `json:"draining"`
@@ -35,7 +35,7 @@ func (s *Splicer) DebugPairs() any {
 		}
 		for i, sk := range p.socks {
 			st := SockState{Cookie: sk.cookie, Consumed: sk.consumed, Written: sk.written,
-				GivenBase: sk.givenBase, Epoch: sk.epoch, EOF: sk.eof, Draining: sk.draining}
+				GivenBase: sk.givenBase, UserMode: sk.userMode, EOF: sk.eof, Draining: sk.draining}
 			var bs wspliceConnStats
 			if err := s.objs.StatsMap.Lookup(sk.cookie, &bs); err == nil {
 				st.Passed, st.Redirected, st.Notified = bs.Passed, bs.Redirected, bs.Notified

@@ -56,13 +56,16 @@ func (s *Splicer) kick(sk *sock, events uint32) {
 // back to the kernel; on FIN it propagates the half-close once every byte
 // is in the peer; on error it propagates RST.
 //
-// Each round reads the passed bytes (at most what the verdict counted, so
-// a round never takes bytes passed after its snapshot), writes them to the
-// peer once the peer holds every byte redirected before them, and then
-// publishes them as consumed, after which the verdict may redirect again.
-// (Peeking first and consuming after publishing would let a busy stream
-// return to the kernel sooner, but on 6.18 it duplicated about 128 KiB
-// near a FIN in one run of a few dozen; reading first is what is tested.)
+// The first time a direction needs the slow path it stays in userspace
+// for good: the verdict passes every later byte and epoll (EPOLLIN) wakes
+// a drain when bytes arrive. Handing a busy stream back to the kernel
+// (switching between redirect and pass) reordered or duplicated bytes in
+// rare runs of the stress tests on 6.18, which no design here could rule
+// out; a one-way switch keeps one simple order: every byte redirected
+// before the first pass is in the peer before userspace writes anything.
+// Each round reads the passed bytes (at most what the verdict counted),
+// writes them once the peer holds every redirected byte, and publishes
+// them as consumed.
 func (s *Splicer) drain(src *sock) {
 	p := src.pair
 	defer s.drains.Done()
@@ -72,6 +75,16 @@ func (s *Splicer) drain(src *sock) {
 	buf := *bp
 	dst := src.peer
 	stuck := 0
+	if !src.userMode {
+		// The first time this direction needs userspace, it stays there
+		// (see sock.userMode): the verdict passes everything from now.
+		src.userMode = true
+		if err := s.putCtl(src); err != nil {
+			s.log.Error().Err(err).Msg("switch direction to userspace")
+			s.abort(p, src)
+			return
+		}
+	}
 	for {
 		var st wspliceConnStats
 		if err := s.objs.StatsMap.Lookup(src.cookie, &st); err != nil {
@@ -104,7 +117,7 @@ func (s *Splicer) drain(src *sock) {
 				}
 				continue
 			case errors.Is(err, unix.EAGAIN):
-				if s.endEpisode(src) {
+				if s.endRound(src) {
 					return
 				}
 				continue
@@ -171,20 +184,11 @@ func (s *Splicer) drain(src *sock) {
 	}
 }
 
-// endEpisode is called when nothing passed waits in src's queue. It
-// reports true when the direction is back in the kernel and the drain may
-// stop.
-func (s *Splicer) endEpisode(src *sock) bool {
+// endRound is called when nothing passed waits in src's queue. It
+// reports true when the drain may stop: epoll wakes the next one when
+// bytes arrive (level-triggered, so bytes that came meanwhile count).
+func (s *Splicer) endRound(src *sock) bool {
 	p := src.pair
-	done, err := s.episodeDone(src)
-	if err != nil {
-		s.log.Error().Err(err).Msg("read pass counters")
-		s.abort(p, src)
-		return true
-	}
-	if !done {
-		return false
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if src.again && !p.closed {
@@ -198,33 +202,15 @@ func (s *Splicer) endEpisode(src *sock) bool {
 	return true
 }
 
-// episodeDone reports whether userspace has forwarded every passed byte.
-// It then bumps the epoch so the verdict announces the next pass, and
-// checks again: a byte passed before the bump was not announced.
-func (s *Splicer) episodeDone(src *sock) (bool, error) {
-	var st wspliceConnStats
-	if err := s.objs.StatsMap.Lookup(src.cookie, &st); err != nil {
-		return false, err
-	}
-	if st.Passed != src.consumed {
-		return false, nil
-	}
-	src.epoch++
-	if err := s.putCtl(src); err != nil {
-		return false, err
-	}
-	if err := s.objs.StatsMap.Lookup(src.cookie, &st); err != nil {
-		return false, err
-	}
-	return st.Passed == src.consumed, nil
-}
-
 func (s *Splicer) putCtl(sk *sock) error {
+	mode := uint32(modeRedirect)
+	if sk.userMode {
+		mode = modePass
+	}
 	return s.objs.CtlMap.Put(sk.cookie, wspliceConnCtl{
 		Peer:     sk.peer.cookie,
 		Consumed: sk.consumed,
-		Epoch:    sk.epoch,
-		Mode:     modeRedirect,
+		Mode:     mode,
 	})
 }
 
@@ -364,9 +350,13 @@ func (s *Splicer) writeAll(p *pair, fd int, b []byte) error {
 	return nil
 }
 
-// rearm re-enables epoll for sk: FIN and errors, or only errors after FIN.
+// rearm re-enables epoll for sk: FIN and errors (and data, once the
+// direction is in userspace), or only errors after FIN.
 func (s *Splicer) rearm(sk *sock, afterFIN bool) {
 	ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(sk.fd)}
+	if sk.userMode {
+		ev.Events |= unix.EPOLLIN
+	}
 	if afterFIN {
 		ev.Events = unix.EPOLLONESHOT // EPOLLERR and EPOLLHUP are always reported
 	}

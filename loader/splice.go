@@ -33,10 +33,12 @@ type sock struct {
 	// the socket: 1 on a socket we connected (tcpi_bytes_acked counts the
 	// acked SYN there), 0 on an accepted one; measured, not assumed.
 	givenBase uint64
-	epoch     uint32 // drain episodes completed (conn_ctl.epoch)
-	eof       bool   // FIN read from this socket and passed on to peer
-	draining  bool   // a drain goroutine owns this socket's reads
-	again     bool   // another event came while draining
+	// userMode: this direction (bytes from this socket to its peer) has
+	// left the kernel path for good; the verdict passes all of it.
+	userMode bool
+	eof      bool // FIN read from this socket and passed on to peer
+	draining bool // a drain goroutine owns this socket's reads
+	again    bool // another event came while draining
 }
 
 // pair is a spliced client/backend pair.
