@@ -7,6 +7,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// kickHeld marks a pending event in pair.pending (event masks never use
+// this bit).
+const kickHeld = 1 << 31
+
 // errPairClosed stops a drain whose pair was closed under it.
 var errPairClosed = errors.New("pair closed")
 
@@ -17,6 +21,15 @@ func (s *Splicer) kick(sk *sock, events uint32) {
 	p := sk.pair
 	p.mu.Lock()
 	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	if !p.ready {
+		for i, o := range p.socks {
+			if o == sk {
+				p.pending[i] |= events | kickHeld
+			}
+		}
 		p.mu.Unlock()
 		return
 	}
@@ -450,9 +463,11 @@ func growRcvBuf(fd int) {
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, min(cur, maxRcvBuf/2))
 }
 
-// stuckLimit bounds how many 50 µs waits a drain spends on passed bytes
-// that have not reached the message queue (about 5 s).
-const stuckLimit = 100_000
+// stuckLimit bounds how many 50 µs waits a drain spends, after the FIN,
+// on passed bytes that have not reached the message queue (about 1 s);
+// then the FIN is passed on anyway and a warning logged, so a pair never
+// lingers.
+const stuckLimit = 20_000
 
 // maxRcvBuf caps growRcvBuf.
 const maxRcvBuf = 64 << 20

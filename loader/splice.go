@@ -47,6 +47,10 @@ type pair struct {
 	socks  [2]*sock // client, backend
 	closed bool
 	users  int // drain goroutines running; fds close when it drops to 0
+	// ready is set once Splice has finished setting the pair up; events
+	// before that are kept in pending (per socket) and replayed then.
+	ready   bool
+	pending [2]uint32
 }
 
 // spliceRcvBuf, when set, caps SO_RCVBUF of spliced sockets. It is 0:
@@ -190,7 +194,9 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 		}
 		sk.fd = fd
 	}
-	// Published before any switch, so that a pass notice finds the pair.
+	// Published and registered with epoll before any switch, so that a
+	// pass notice or a FIN finds the pair; kick holds such events until
+	// the pair is ready.
 	s.mu.Lock()
 	for _, sk := range p.socks {
 		sk.pair = p
@@ -200,6 +206,15 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	s.mu.Unlock()
 	s.spliced.Add(1)
 	s.splicedTotal.Add(1)
+	for _, sk := range p.socks {
+		ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(sk.fd)}
+		if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, sk.fd, &ev); err != nil {
+			client.TCPConn.Close()
+			backend.TCPConn.Close()
+			s.closePair(p, true)
+			return fmt.Errorf("epoll_ctl add: %w", err)
+		}
+	}
 
 	fail := func(err error) error {
 		client.TCPConn.Close()
@@ -237,19 +252,19 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 		sk.conn.TCPConn.Close()
 		sk.conn = nil
 	}
-	for _, sk := range p.socks {
-		ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(sk.fd)}
-		if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, sk.fd, &ev); err != nil {
-			s.closePair(p, true)
-			return fmt.Errorf("epoll_ctl add: %w", err)
-		}
-	}
+	p.mu.Lock()
+	p.ready = true
+	pending := p.pending
+	p.mu.Unlock()
 	// Bytes that arrived before a switch were passed without a notice:
-	// drain them now if there are any.
-	for _, sk := range p.socks {
+	// drain them now if there are any; replay held events.
+	for i, sk := range p.socks {
 		var st wspliceConnStats
 		if err := s.objs.StatsMap.Lookup(sk.cookie, &st); err == nil && st.Passed != sk.consumed {
-			s.kick(sk, 0)
+			pending[i] |= kickHeld
+		}
+		if pending[i] != 0 {
+			s.kick(sk, pending[i]&^kickHeld)
 		}
 	}
 	return nil
