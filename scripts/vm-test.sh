@@ -205,7 +205,7 @@ else
 	# node and its modules: a dynamically linked runtime with a tree of
 	# libraries, too much for the initramfs) and tests/chat (needs
 	# redis-server).
-	pkgs=(./loader/ ./tests/topology/ ./tests/e2e/::TestNodeClient)
+	pkgs=(./loader/ ./tests/topology/ ./tests/e2e/::NodeClient)
 	# Packages that keep tests for the VM behind the vmtest build tag.
 	while read -r d; do
 		listed=0
