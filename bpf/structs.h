@@ -11,7 +11,7 @@ struct conn_ctl {
 	 * the peer. While it lags conn_stats.passed, the verdict keeps
 	 * passing so that order is kept. */
 	__u64 consumed;
-	/* Drain episodes userspace has completed; see conn_stats.notified. */
+	/* Kept at 0 since a direction leaves the kernel for good on its first pass. */
 	__u32 epoch;
 	/* enum wsplice_mode */
 	__u32 mode;
@@ -30,7 +30,7 @@ struct conn_stats {
 	/* 1 while the last verdict redirected, so peer_seq_goal is valid. */
 	__u32 redirecting;
 	/* conn_ctl.epoch + 1 once a pass in redirect mode was announced on
-	 * the ring buffer; one notice per drain episode. */
+	 * the ring buffer: one notice, after which userspace owns it. */
 	__u32 notified;
 	__u32 _pad;
 	/* bpf_ktime_get_ns() of the last byte seen, for idle tracking. */

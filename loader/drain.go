@@ -119,7 +119,7 @@ func (s *Splicer) drain(src *sock) {
 		}
 		if want == 0 {
 			// Nothing passed is waiting: has the stream ended, or is
-			// the episode over?
+			// this round over?
 			n, _, err := unix.Recvfrom(src.fd, buf[:1], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 			switch {
 			case n > 0 || errors.Is(err, unix.EINTR):
