@@ -26,3 +26,17 @@ enum wsplice_mode {
 	 * and userspace has forwarded every byte passed before. */
 	WSPLICE_MODE_REDIRECT = 1,
 };
+
+/* pass_event.kind */
+enum wsplice_event {
+	WSPLICE_EVENT_PASS = 0,
+	WSPLICE_EVENT_BROKEN = 1,
+};
+
+/* bpf_skb_adjust_room removes at most this many bytes per call. */
+#define WSPLICE_TRIM_STEP 4095
+/* Calls trim_overlap may make: the largest overlap it can cut is
+ * WSPLICE_TRIM_STEP times this (about 1 MiB). */
+#ifndef WSPLICE_TRIM_STEPS
+#define WSPLICE_TRIM_STEPS 256
+#endif

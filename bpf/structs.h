@@ -32,12 +32,25 @@ struct conn_stats {
 	/* conn_ctl.epoch + 1 once a pass in redirect mode was announced on
 	 * the ring buffer: one notice, after which userspace owns it. */
 	__u32 notified;
-	__u32 _pad;
+	/* TCP sequence number just past the last byte the verdict saw, to
+	 * spot segments that start before it (see trim_overlap). */
+	__u32 next_seq;
 	/* bpf_ktime_get_ns() of the last byte seen, for idle tracking. */
 	__u64 last_ns;
+	/* Bytes of retransmitted segments the verdict had already seen, cut
+	 * off before redirecting or passing. */
+	__u64 overlap_trimmed;
+	/* 1 once next_seq holds a value. */
+	__u32 seq_valid;
+	/* 1 when a segment overlapped more than the verdict can cut: the
+	 * connection cannot go on intact and userspace resets it. */
+	__u32 broken;
 };
 
-/* Ring buffer record: this socket has bytes for userspace to drain. */
+/* Ring buffer record: this socket has bytes for userspace to drain
+ * (kind WSPLICE_EVENT_PASS) or must be reset (WSPLICE_EVENT_BROKEN). */
 struct pass_event {
 	__u64 cookie;
+	__u32 kind;
+	__u32 _pad;
 };

@@ -16,6 +16,10 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
+/* Kernel 6.2+; weak so the object still loads where it is missing (then
+ * no overlap is detected, as before). */
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
+
 /* Least backlog (bytes redirected to a peer but not yet written into it)
  * allowed before passing; set by the loader before load. A peer's own
  * sk_sndbuf raises it. Too small and a kworker scheduled late sends bulk
@@ -103,6 +107,59 @@ static __always_inline void announce_pass(__u64 cookie, struct conn_ctl *ctl,
 		st->notified = ctl->epoch + 1;
 }
 
+static __always_inline void announce_broken(__u64 cookie)
+{
+	struct pass_event ev = { .cookie = cookie, .kind = WSPLICE_EVENT_BROKEN };
+
+	bpf_ringbuf_output(&pass_events, &ev, sizeof(ev), 0);
+}
+
+/* trim_overlap cuts off the head of a segment that repeats bytes this
+ * verdict has already seen. TCP queues a retransmitted segment that
+ * starts before rcv_nxt but ends after it ("partial packet" in
+ * tcp_data_queue) and leaves readers to skip the old part by comparing
+ * with copied_seq; tcp_read_skb, which feeds this verdict, hands over the
+ * whole segment. On 6.18 this duplicated 848 B to 256 KiB of a stream
+ * whenever the peer's TCP retransmitted early (a tail loss probe, or an
+ * RTO merging segments, both common while a reader stalls), which the
+ * slow path makes frequent. Returns the bytes left, or -1 when the
+ * segment cannot be made right (the connection is then reset). */
+static __always_inline int trim_overlap(struct __sk_buff *skb, struct conn_stats *st, __u32 len)
+{
+	struct sk_buff___ws *kskb;
+	__u32 seq, overlap;
+	int i;
+
+	if (!bpf_cast_to_kern_ctx)
+		return len;
+	kskb = bpf_cast_to_kern_ctx(skb);
+	if (bpf_probe_read_kernel(&seq, sizeof(seq), &kskb->cb[0]))
+		return len;
+	if (!st->seq_valid || (__s32)(st->next_seq - seq) <= 0) {
+		st->seq_valid = 1;
+		st->next_seq = seq + len;
+		return len;
+	}
+	overlap = st->next_seq - seq;
+	if (overlap >= len) {
+		/* Nothing new: TCP should not queue this, but be sure. */
+		st->overlap_trimmed += len;
+		return 0;
+	}
+	st->next_seq = seq + len;
+	st->overlap_trimmed += overlap;
+	for (i = 0; i < WSPLICE_TRIM_STEPS && overlap > 0; i++) {
+		__u32 step = overlap > WSPLICE_TRIM_STEP ? WSPLICE_TRIM_STEP : overlap;
+
+		if (bpf_skb_adjust_room(skb, -(__s32)step, 0, 0))
+			return -1;
+		overlap -= step;
+	}
+	if (overlap > 0)
+		return -1;
+	return skb->len;
+}
+
 SEC("sk_skb/stream_verdict")
 int wsplice_verdict(struct __sk_buff *skb)
 {
@@ -111,6 +168,7 @@ int wsplice_verdict(struct __sk_buff *skb)
 	struct conn_ctl *ctl;
 	__u32 len = skb->len;
 	__u32 seq = 0;
+	int ret;
 
 	st = bpf_map_lookup_elem(&stats_map, &cookie);
 	ctl = bpf_map_lookup_elem(&ctl_map, &cookie);
@@ -129,6 +187,18 @@ int wsplice_verdict(struct __sk_buff *skb)
 		return SK_DROP;
 
 	st->last_ns = bpf_ktime_get_ns();
+
+	if (st->broken)
+		return SK_DROP;
+	ret = trim_overlap(skb, st, len);
+	if (ret < 0) {
+		st->broken = 1;
+		announce_broken(cookie);
+		return SK_DROP;
+	}
+	if (ret == 0)
+		return SK_DROP;
+	len = ret;
 
 	if (ctl->mode != WSPLICE_MODE_REDIRECT)
 		goto pass;

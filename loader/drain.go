@@ -389,6 +389,28 @@ func (s *Splicer) abort(p *pair, from *sock) {
 	s.closePair(p, true)
 }
 
+// resetBroken resets a connection whose stream the verdict could not keep
+// intact: both sides of a spliced pair, or the client of a handshake in
+// progress (the proxy then sees its read fail).
+func (s *Splicer) resetBroken(sk *sock) {
+	p := sk.pair
+	if p == nil {
+		if sk.conn != nil {
+			_ = sk.conn.SetLinger(0)
+			_ = sk.conn.Close()
+		}
+		return
+	}
+	p.mu.Lock()
+	if !p.closed {
+		for _, o := range p.socks {
+			_ = unix.SetsockoptLinger(o.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		}
+	}
+	p.mu.Unlock()
+	s.closePair(p, true)
+}
+
 // closePair marks p closed; its fds are closed once no drain uses them,
 // so an fd number is never reused under a running drain.
 func (s *Splicer) closePair(p *pair, reset bool) {

@@ -62,10 +62,11 @@ type Splicer struct {
 	pairs  map[*pair]struct{}
 	closed bool
 
-	spliced      atomic.Int64
-	splicedTotal atomic.Uint64
-	bytesUser    atomic.Uint64
-	bytesKernel  atomic.Uint64 // redirected bytes of sockets already gone
+	spliced        atomic.Int64
+	splicedTotal   atomic.Uint64
+	bytesUser      atomic.Uint64
+	bytesKernel    atomic.Uint64 // redirected bytes of sockets already gone
+	overlapTrimmed atomic.Uint64 // retransmitted bytes cut by the verdict, of sockets gone
 }
 
 // New loads and attaches the BPF programs. On any failure it returns an
@@ -171,6 +172,7 @@ func (s *Splicer) Stats() dataplane.Stats {
 		SplicedTotal:   s.splicedTotal.Load(),
 		BytesUserspace: s.bytesUser.Load(),
 		BytesKernel:    s.bytesKernel.Load(),
+		OverlapTrimmed: s.overlapTrimmed.Load(),
 	}
 	var (
 		key uint64
@@ -180,6 +182,7 @@ func (s *Splicer) Stats() dataplane.Stats {
 	it := s.objs.StatsMap.Iterate()
 	for it.Next(&key, &val) {
 		st.BytesKernel += val.Redirected
+		st.OverlapTrimmed += val.OverlapTrimmed
 	}
 	it = s.objs.SockHash.Iterate()
 	for it.Next(&key, &raw) {
@@ -193,6 +196,10 @@ func (s *Splicer) Stats() dataplane.Stats {
 	}
 	return st
 }
+
+// eventBroken is pass_event.kind for a socket the verdict gave up on
+// (enum wsplice_event in bpf/consts.h).
+const eventBroken = 1
 
 // eventLoop reads the verdict's notices that a spliced socket has started
 // passing bytes, and starts draining that socket.
@@ -210,10 +217,16 @@ func (s *Splicer) eventLoop() {
 			continue
 		}
 		cookie := binary.LittleEndian.Uint64(rec.RawSample)
+		broken := len(rec.RawSample) >= 12 && binary.LittleEndian.Uint32(rec.RawSample[8:]) == eventBroken
 		s.mu.Lock()
 		sk := s.socks[cookie]
 		s.mu.Unlock()
-		if sk != nil && sk.pair != nil {
+		switch {
+		case sk == nil:
+		case broken:
+			s.log.Error().Uint64("cookie", cookie).Msg("a retransmitted segment overlapped more than the verdict can cut; resetting the connection rather than corrupting it")
+			s.resetBroken(sk)
+		case sk.pair != nil:
 			s.kick(sk, 0)
 		}
 	}

@@ -134,6 +134,7 @@ func (s *Splicer) forget(cookie uint64) {
 	var st wspliceConnStats
 	if err := s.objs.StatsMap.Lookup(cookie, &st); err == nil {
 		s.bytesKernel.Add(st.Redirected)
+		s.overlapTrimmed.Add(st.OverlapTrimmed)
 	}
 	_ = s.objs.StatsMap.Delete(cookie)
 	_ = s.objs.CtlMap.Delete(cookie)

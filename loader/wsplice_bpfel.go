@@ -22,14 +22,17 @@ type wspliceConnCtl struct {
 }
 
 type wspliceConnStats struct {
-	_           structs.HostLayout
-	Passed      uint64
-	Redirected  uint64
-	PeerSeqGoal uint32
-	Redirecting uint32
-	Notified    uint32
-	Pad         uint32
-	LastNs      uint64
+	_              structs.HostLayout
+	Passed         uint64
+	Redirected     uint64
+	PeerSeqGoal    uint32
+	Redirecting    uint32
+	Notified       uint32
+	NextSeq        uint32
+	LastNs         uint64
+	OverlapTrimmed uint64
+	SeqValid       uint32
+	Broken         uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -263,13 +263,6 @@ for r in $(seq "$REPS"); do
 			if is_tls "$t" && [[ " $WSS_SCENARIOS " != *" $s "* ]]; then
 				continue
 			fi
-			# Saturating bulk on the kernel path drives its backpressure
-			# slow path, which has a known reordering race (README, Known
-			# issues): run it only when asked.
-			if [[ $t == sockmap && $s == bulk && ${WSPLICE_SOCKMAP_SLOWPATH:-0} != 1 ]]; then
-				echo "bench: skipping sockmap bulk (known slow-path race; WSPLICE_SOCKMAP_SLOWPATH=1 runs it)" >&2
-				continue
-			fi
 			load "$s" "$t" "$r"
 		done
 		stop_target "$t" "$r"

@@ -212,7 +212,6 @@ func newDataplane(mode string, log zerolog.Logger) (dataplane.Dataplane, error) 
 	// before it could enter the map) are served in userspace.
 	s, err := loader.New(log, loader.Options{Fallback: dataplane.NewUserspace(log)})
 	if err == nil {
-		log.Warn().Msg("sockmap data path: known issue: under sustained saturation (a peer that cannot keep up, so the verdict passes bytes to userspace) a few KiB can be reordered or duplicated on Linux 6.18; use --dataplane userspace for bulk transfers until it is fixed (README, Known issues)")
 		return s, nil
 	}
 	if mode == "sockmap" {

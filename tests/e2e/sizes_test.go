@@ -41,16 +41,3 @@ func forEachDataplane(t *testing.T, fn func(t *testing.T, dp string)) {
 	}
 }
 
-// skipSlowPathRace skips a sockmap run that pushes the kernel path into
-// its backpressure slow path (bulk or saturating traffic), unless
-// WSPLICE_SOCKMAP_SLOWPATH=1. On 6.18, reading passed bytes from a socket
-// in the sockmap while segments keep arriving reordered or duplicated a
-// few KiB in about one run in five (issue #2 notes); pure redirect and
-// light traffic are unaffected and always run. wsplice --dataplane auto
-// therefore uses userspace until this is fixed.
-func skipSlowPathRace(t *testing.T, dp string) {
-	t.Helper()
-	if dp == "sockmap" && os.Getenv("WSPLICE_SOCKMAP_SLOWPATH") != "1" {
-		t.Skip("sockmap slow path has a known reordering race under saturation; set WSPLICE_SOCKMAP_SLOWPATH=1 to run")
-	}
-}

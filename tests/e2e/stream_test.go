@@ -23,7 +23,6 @@ func TestHalfClose(t *testing.T) {
 	e := newEnv(t)
 	n := size(t, "WSPLICE_BULK_BYTES", 64<<20, 4<<20)
 	forEachDataplane(t, func(t *testing.T, dp string) {
-		skipSlowPathRace(t, dp)
 		d := e.startDaemon(t, dp)
 		c, br, _ := d.rawUpgrade(t, "/?raw=1", nil)
 		c.SetDeadline(time.Now().Add(60 * time.Second))
@@ -53,7 +52,6 @@ func TestBackendClose(t *testing.T) {
 	e := newEnv(t)
 	n := size(t, "WSPLICE_BULK_BYTES", 64<<20, 4<<20)
 	forEachDataplane(t, func(t *testing.T, dp string) {
-		skipSlowPathRace(t, dp)
 		d := e.startDaemon(t, dp)
 		c, br, _ := d.rawUpgrade(t, fmt.Sprintf("/?raw=1&send=%d", n), nil)
 		c.SetDeadline(time.Now().Add(60 * time.Second))
@@ -116,7 +114,6 @@ func TestStatsCountBytes(t *testing.T) {
 		d := e.startDaemon(t, dp)
 
 		t.Run("bulk", func(t *testing.T) {
-			skipSlowPathRace(t, dp)
 			c, br, _ := d.rawUpgrade(t, "/?raw=1", nil)
 			c.SetDeadline(time.Now().Add(60 * time.Second))
 			before := d.stats(t)

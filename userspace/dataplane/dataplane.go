@@ -64,6 +64,10 @@ type Stats struct {
 	// BytesUserspace counts bytes userspace moved after Splice (the whole
 	// userspace data path, or the sockmap path's backpressure slow path).
 	BytesUserspace uint64 `json:"bytes_userspace"`
+	// OverlapTrimmed counts bytes of retransmitted TCP segments that
+	// repeated bytes already seen and that the kernel path cut off before
+	// forwarding (sockmap only; see bpf/wsplice.c trim_overlap).
+	OverlapTrimmed uint64 `json:"overlap_trimmed"`
 }
 
 // Conn is an adopted TCP connection with exact counts of the bytes the
