@@ -408,4 +408,3 @@ func TestKeepAliveOptions(t *testing.T) {
 		}
 	}
 }
-

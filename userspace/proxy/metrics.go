@@ -300,7 +300,10 @@ var (
 	dpBytesDesc   = prometheus.NewDesc("wsplice_dataplane_bytes_total", "Bytes the data plane moved after splicing, by who moved them (kernel: sockmap redirect; userspace).", []string{"dataplane", "mover"}, nil)
 )
 
-func (d *dataplaneCollector) Describe(ch chan<- *prometheus.Desc) { ch <- dpSplicedDesc; ch <- dpBytesDesc }
+func (d *dataplaneCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- dpSplicedDesc
+	ch <- dpBytesDesc
+}
 
 func (d *dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
 	st := d.p.dp.Stats()

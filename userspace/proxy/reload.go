@@ -81,3 +81,9 @@ func (p *Proxy) Config() Config {
 	c.Backends = slices.Clone(c.Backends)
 	return c
 }
+
+// ReloadFailed counts a reload that failed before Reload (a file that
+// could not be read or parsed).
+func (p *Proxy) ReloadFailed(err error) {
+	p.metrics.reloads.WithLabelValues("failure").Inc()
+}
