@@ -251,9 +251,12 @@ func Run(ctx context.Context, cfg Config, dp dataplane.Dataplane, log zerolog.Lo
 
 // Serve accepts clients until ctx is done, then shuts down: it closes the
 // listeners and idle connections, lets handshakes and requests in flight
-// run for Config.ShutdownTimeout, closes what is left and returns once
-// every goroutine it started has ended. Spliced pairs belong to the data
-// plane and are untouched. Serve must be called once.
+// and, with a Config.DrainTimeout, spliced pairs run until they end or the
+// drain timeout (else Config.ShutdownTimeout) passes, closes the client
+// connections left and returns once every goroutine it started has ended.
+// Spliced pairs still open belong to the data plane, which the caller
+// closes. The admin server answers until the drain is over. Serve must be
+// called once.
 func (p *Proxy) Serve(ctx context.Context) error {
 	var listeners, tlsListeners, tcpListeners, tcpTLSListeners []string
 	for i, ln := range p.lns {
