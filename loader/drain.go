@@ -449,6 +449,8 @@ func (s *Splicer) releasePair(p *pair) {
 		delete(s.socks, sk.cookie)
 	}
 	s.mu.Unlock()
+	// The kernel's counts are read before forget frees them.
+	p.meter.Done()
 	for _, sk := range p.socks {
 		_ = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_DEL, sk.fd, nil)
 		unix.Close(sk.fd) // the kernel drops it from sock_hash

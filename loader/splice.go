@@ -51,6 +51,9 @@ type pair struct {
 	// before that are kept in pending (per socket) and replayed then.
 	ready   bool
 	pending [2]uint32
+	// meter is the client Conn's Meter (nil: not followed): it reads
+	// the pair's counts while it lives and is told when it ends.
+	meter *dataplane.Meter
 }
 
 // spliceRcvBuf, when set, caps SO_RCVBUF of spliced sockets. It is 0:
@@ -179,7 +182,8 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	if client.TLS != nil || client.KTLS || backend.TLS != nil || backend.KTLS {
 		return s.spliceFallback(client, backend, toClient)
 	}
-	p := &pair{socks: [2]*sock{cs, bs}}
+	p := &pair{socks: [2]*sock{cs, bs}, meter: client.Meter}
+	p.meter.SetPath(s.Name())
 	cs.peer, bs.peer = bs, cs
 	for _, sk := range p.socks {
 		fd, err := dupFD(sk.conn.TCPConn)
@@ -244,6 +248,10 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	if err := s.putCtl(bs); err != nil {
 		return fail(fmt.Errorf("switch backend socket to redirect: %w", err))
 	}
+	if p.meter != nil {
+		base := [2]uint64{cs.consumed, bs.consumed}
+		p.meter.SetKernel(func() dataplane.PairCounts { return s.pairCounts(p, base) })
+	}
 	for _, sk := range p.socks {
 		if spliceRcvBuf > 0 {
 			_ = sk.conn.SetReadBuffer(spliceRcvBuf)
@@ -269,6 +277,24 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 		}
 	}
 	return nil
+}
+
+// pairCounts reads what p moved since Splice, each way: what the verdict
+// redirected plus what the slow path forwarded (consumed beyond base, the
+// bytes the proxy had read by Splice). For metrics; it costs two map
+// lookups.
+func (s *Splicer) pairCounts(p *pair, base [2]uint64) dataplane.PairCounts {
+	var n [2]uint64
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, sk := range p.socks {
+		var st wspliceConnStats
+		if err := s.objs.StatsMap.Lookup(sk.cookie, &st); err == nil {
+			n[i] = st.Redirected
+		}
+		n[i] += sk.consumed - base[i]
+	}
+	return dataplane.PairCounts{ToBackend: n[0], ToClient: n[1]}
 }
 
 // measureBase records sk.givenBase. It must run before anything is

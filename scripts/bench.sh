@@ -151,7 +151,7 @@ start_target() {
 	direct) return 0 ;;
 	sockmap | userspace)
 		bin/wsplice --listen "127.0.0.1:$p" --backend "$backend" --dataplane "$t" \
-			--admin "127.0.0.1:$((p + 90))" --log-level warn >"$run/$t.log" 2>&1 &
+			--admin "127.0.0.1:$((p + 90))" --log-level warn --drain-timeout 1s >"$run/$t.log" 2>&1 &
 		target_pid=$!
 		target_pids=$target_pid
 		;;
@@ -159,7 +159,7 @@ start_target() {
 		# TLS pairs are relayed by Go whatever the data path (the
 		# README's TLS section): --dataplane only names the plain one.
 		bin/wsplice --listen-tls "127.0.0.1:$p" --tls-cert "$run/tls.crt" --tls-key "$run/tls.key" \
-			--backend "$backend" --admin "127.0.0.1:$((p + 90))" --log-level warn >"$run/$t.log" 2>&1 &
+			--backend "$backend" --admin "127.0.0.1:$((p + 90))" --log-level warn --drain-timeout 1s >"$run/$t.log" 2>&1 &
 		target_pid=$!
 		target_pids=$target_pid
 		;;

@@ -175,7 +175,8 @@ wait_until chat-1 "http://127.0.0.1:$b1_port/healthz" http_ok "http://127.0.0.1:
 wait_until chat-2 "http://127.0.0.1:$b2_port/healthz" http_ok "http://127.0.0.1:$b2_port/healthz"
 
 wsplice_args=(--listen ":$port" --backend "127.0.0.1:$b1_port" --backend "127.0.0.1:$b2_port"
-	--admin "127.0.0.1:$admin_port" --dataplane auto --log-format console)
+	--admin "127.0.0.1:$admin_port" --dataplane auto --log-format console
+	--drain-timeout 3s) # Ctrl-C waits 5 s at most; open pages would hold the 30 s default
 tls_note=""
 if ((tls)); then
 	if [[ -z $tls_cert ]]; then

@@ -21,6 +21,7 @@ import (
 	"github.com/wsplice/wsplice/loader"
 	"github.com/wsplice/wsplice/userspace/certstore"
 	"github.com/wsplice/wsplice/userspace/dataplane"
+	"github.com/wsplice/wsplice/userspace/flagfile"
 	"github.com/wsplice/wsplice/userspace/proxy"
 )
 
@@ -64,36 +65,60 @@ type options struct {
 	logLevel  zerolog.Level
 	logFormat string
 	version   bool
+	// config is the --config file ("" = none).
+	config string
 }
 
-func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
-	o := &options{}
+// flagSet declares every flag into o and the raw values it fills.
+type rawFlags struct {
+	listen, backends, listenTLS, listenTCP, listenTCPTLS, certs, keys listFlag
+	level                                                             string
+	keepAlive                                                         bool
+}
+
+func newFlagSet(o *options, r *rawFlags, stdout io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("wsplice", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	var listen, backends, listenTLS, listenTCP, listenTCPTLS, certs, keys listFlag
-	var level string
-	fs.Var(&listen, "listen", "`address` to accept clients on; repeatable (default "+proxy.DefaultListen+" when no listener of any kind is given)")
-	fs.Var(&listenTLS, "listen-tls", "`address` to accept HTTPS and WSS clients on; repeatable (needs --tls-cert and --tls-key)")
-	fs.Var(&listenTCP, "listen-tcp", "`address` of an L4 listener: each connection is spliced to a backend, nothing parsed; repeatable")
-	fs.Var(&listenTCPTLS, "listen-tcp-tls", "`address` of an L4 listener that terminates TLS and splices the plaintext to a backend; repeatable")
-	fs.Var(&certs, "tls-cert", "PEM certificate chain `file`; repeatable, paired in order with --tls-key; chosen by SNI, the first is the default (reloaded on SIGHUP)")
-	fs.Var(&keys, "tls-key", "PEM private key `file` of the --tls-cert at the same position")
+	fs.StringVar(&o.config, "config", "", "`file` of flags, one per line (\"listen :8080\" or \"--listen=:8080\", # comments), read first: the command line adds to its lists and overrides the rest; re-read on SIGHUP")
+	fs.Var(&r.listen, "listen", "`address` to accept clients on; repeatable (default "+proxy.DefaultListen+" when no listener of any kind is given)")
+	fs.Var(&r.listenTLS, "listen-tls", "`address` to accept HTTPS and WSS clients on; repeatable (needs --tls-cert and --tls-key)")
+	fs.Var(&r.listenTCP, "listen-tcp", "`address` of an L4 listener: each connection is spliced to a backend, nothing parsed; repeatable")
+	fs.Var(&r.listenTCPTLS, "listen-tcp-tls", "`address` of an L4 listener that terminates TLS and splices the plaintext to a backend; repeatable")
+	fs.Var(&r.certs, "tls-cert", "PEM certificate chain `file`; repeatable, paired in order with --tls-key; chosen by SNI, the first is the default (reloaded on SIGHUP)")
+	fs.Var(&r.keys, "tls-key", "PEM private key `file` of the --tls-cert at the same position")
 	fs.DurationVar(&o.cfg.TLSHandshakeTimeout, "tls-handshake-timeout", proxy.DefaultTLSHandshakeTimeout, "time allowed for a TLS handshake")
 	fs.StringVar(&o.cfg.KTLS, "ktls", proxy.KTLSAuto, "kernel TLS: auto (TLS 1.3 sessions go to the kernel where it has TLS) or off")
-	fs.Var(&backends, "backend", "backend `host:port`; repeatable")
+	fs.Var(&r.backends, "backend", "backend `host:port[,proxy-protocol=v2]`; repeatable; proxy-protocol=v2 sends it a PROXY v2 header on L4 listeners")
 	fs.StringVar(&o.dataplane, "dataplane", "auto", "data path: auto, sockmap or userspace")
-	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&r.level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or console")
 	fs.DurationVar(&o.cfg.HeaderTimeout, "header-timeout", proxy.DefaultHeaderTimeout, "time allowed to send a request head, and keep-alive idle time")
 	fs.IntVar(&o.cfg.MaxHeaderBytes, "max-header-bytes", proxy.DefaultMaxHeaderBytes, "largest request head accepted (larger get 431)")
-	fs.StringVar(&o.cfg.Admin, "admin", "", "`address` of the admin HTTP server with /debug/stats (default off)")
+	fs.StringVar(&o.cfg.Admin, "admin", "", "`address` of the admin HTTP server with /metrics and /debug/stats (default off)")
+	fs.IntVar(&o.cfg.MaxConns, "max-conns", 0, "most live client connections (0: no limit); past it HTTP clients get 503, L4 connections are closed")
+	fs.IntVar(&o.cfg.MaxConnRate, "max-conn-rate", 0, "most new client connections per second, burst of one second's worth (0: no limit); past it 503")
+	fs.IntVar(&o.cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "most live client connections from one source address (0: no limit)")
+	fs.IntVar(&o.cfg.MaxConnRatePerIP, "max-conn-rate-per-ip", 0, "most new client connections per second from one source address (0: no limit)")
+	fs.BoolVar(&r.keepAlive, "tcp-keepalive", true, "TCP keepalive on client and backend sockets (idle 30s, interval 10s, 3 probes); --tcp-keepalive=false turns it off")
+	fs.DurationVar(&o.cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long established connections may run on after the listeners close (0: close them at once)")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stdout, "Usage: wsplice [flags]\n\nwsplice is a WebSocket load balancer: it runs the HTTP/1.1 Upgrade handshake\nwith a backend, then splices client and backend in the kernel (sockmap) or in\nuserspace. Plain HTTP requests are reverse-proxied.\n\nFlags:\n")
+		fmt.Fprintf(stdout, "Usage: wsplice [flags]\n\nwsplice is a WebSocket load balancer: it runs the HTTP/1.1 Upgrade handshake\nwith a backend, then splices client and backend in the kernel (sockmap) or in\nuserspace. Plain HTTP requests are reverse-proxied.\n\nSIGHUP re-reads --config (backends, limits, timeouts, log level change live;\nlisteners need a restart) and the certificates. The admin server serves\nPrometheus metrics at GET /metrics.\n\nFlags:\n")
 		fs.SetOutput(stdout)
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
 	}
+	return fs
+}
+
+// parseFlags parses args, after the --config file's lines if args name
+// one: the file is read first, so a flag on the command line overrides a
+// single-valued flag of the file and adds to a repeatable one.
+func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
+	// First pass: the command line alone, for --help, --version and
+	// --config.
+	o, r := &options{}, &rawFlags{}
+	fs := newFlagSet(o, r, stdout)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.Usage()
@@ -107,16 +132,42 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 	if o.version {
 		return o, false, nil
 	}
+	if o.config != "" {
+		path := o.config
+		lines, err := flagfile.Read(path)
+		if err != nil {
+			return nil, false, usageError{err}
+		}
+		o, r = &options{}, &rawFlags{}
+		fs = newFlagSet(o, r, stdout)
+		for _, l := range lines {
+			if l.Name == "config" || l.Name == "help" || l.Name == "h" || l.Name == "version" {
+				return nil, false, usageError{&flagfile.LineError{Path: path, N: l.N, Err: fmt.Errorf("--%s cannot be set in a config file", l.Name)}}
+			}
+			if err := fs.Parse([]string{l.Arg()}); err != nil {
+				return nil, false, usageError{&flagfile.LineError{Path: path, N: l.N, Err: err}}
+			}
+		}
+		if err := fs.Parse(args); err != nil {
+			return nil, false, usageError{err}
+		}
+		o.config = path
+	}
+	return finishOptions(o, r)
+}
+
+// finishOptions checks the parsed values and builds the validated config.
+func finishOptions(o *options, r *rawFlags) (*options, bool, error) {
 	switch o.dataplane {
 	case "auto", "sockmap", "userspace":
 	default:
 		return nil, false, usageError{fmt.Errorf("invalid --dataplane %q: want auto, sockmap or userspace", o.dataplane)}
 	}
-	switch level {
+	switch r.level {
 	case "debug", "info", "warn", "error":
-		o.logLevel, _ = zerolog.ParseLevel(level)
+		o.logLevel, _ = zerolog.ParseLevel(r.level)
 	default:
-		return nil, false, usageError{fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", level)}
+		return nil, false, usageError{fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", r.level)}
 	}
 	switch o.logFormat {
 	case "json", "console":
@@ -126,13 +177,30 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 	if o.cfg.HeaderTimeout <= 0 {
 		return nil, false, usageError{fmt.Errorf("invalid --header-timeout %v: must be positive", o.cfg.HeaderTimeout)}
 	}
-	o.cfg.Listen, o.cfg.Backends = listen, backends
-	o.cfg.TLSListen, o.cfg.TCPListen, o.cfg.TCPTLSListen = listenTLS, listenTCP, listenTCPTLS
-	if len(certs) != len(keys) {
-		return nil, false, usageError{fmt.Errorf("%d --tls-cert but %d --tls-key: give them in pairs", len(certs), len(keys))}
+	if o.cfg.DrainTimeout < 0 {
+		return nil, false, usageError{fmt.Errorf("invalid --drain-timeout %v: must not be negative", o.cfg.DrainTimeout)}
 	}
-	for i := range certs {
-		o.cfg.Certificates = append(o.cfg.Certificates, certstore.Pair{Cert: certs[i], Key: keys[i]})
+	o.cfg.TCPKeepAliveOff = !r.keepAlive
+	o.cfg.Listen = r.listen
+	for _, spec := range r.backends {
+		addr, pp, err := parseBackend(spec)
+		if err != nil {
+			return nil, false, usageError{err}
+		}
+		o.cfg.Backends = append(o.cfg.Backends, addr)
+		if pp != 0 {
+			if o.cfg.ProxyProtocolBackends == nil {
+				o.cfg.ProxyProtocolBackends = map[string]int{}
+			}
+			o.cfg.ProxyProtocolBackends[addr] = pp
+		}
+	}
+	o.cfg.TLSListen, o.cfg.TCPListen, o.cfg.TCPTLSListen = r.listenTLS, r.listenTCP, r.listenTCPTLS
+	if len(r.certs) != len(r.keys) {
+		return nil, false, usageError{fmt.Errorf("%d --tls-cert but %d --tls-key: give them in pairs", len(r.certs), len(r.keys))}
+	}
+	for i := range r.certs {
+		o.cfg.Certificates = append(o.cfg.Certificates, certstore.Pair{Cert: r.certs[i], Key: r.keys[i]})
 	}
 	if o.cfg.TLSHandshakeTimeout <= 0 {
 		return nil, false, usageError{fmt.Errorf("invalid --tls-handshake-timeout %v: must be positive", o.cfg.TLSHandshakeTimeout)}
@@ -143,12 +211,36 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 	return o, false, nil
 }
 
+// parseBackend splits "host:port[,proxy-protocol=v2]".
+//
+// TODO(issue 4): the pool's backend spec parser takes this over at merge.
+func parseBackend(spec string) (string, int, error) {
+	addr, opts, _ := strings.Cut(spec, ",")
+	pp := 0
+	for opts != "" {
+		var opt string
+		opt, opts, _ = strings.Cut(opts, ",")
+		switch opt {
+		case "proxy-protocol=v2":
+			pp = 2
+		case "proxy-protocol=none":
+			pp = 0
+		default:
+			return "", 0, fmt.Errorf("invalid --backend %q: unknown option %q (want proxy-protocol=v2)", spec, opt)
+		}
+	}
+	return addr, pp, nil
+}
+
 func newLogger(o *options, stderr io.Writer) zerolog.Logger {
 	w := stderr
 	if o.logFormat == "console" {
 		w = zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.RFC3339, NoColor: true}
 	}
-	return zerolog.New(w).Level(o.logLevel).With().Timestamp().Logger()
+	// The level is the process-wide one (zerolog.SetGlobalLevel), so
+	// that a reload can change it for every logger built from this one.
+	zerolog.SetGlobalLevel(o.logLevel)
+	return zerolog.New(w).With().Timestamp().Logger()
 }
 
 // run is the whole program: parse args, build the data plane, serve until
@@ -179,7 +271,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
-	// SIGHUP reloads the certificates; a bad file keeps the old ones.
+	// SIGHUP reloads the --config file, then the certificates; a bad
+	// file keeps what is in use.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -189,6 +282,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			case <-ctx.Done():
 				return
 			case <-hup:
+				if o.config != "" {
+					reload(p, o, args, log)
+				}
 				if err := p.ReloadCertificates(); err != nil {
 					log.Error().Err(err).Msg("certificate reload failed, keeping the certificates in use")
 				} else {
@@ -202,6 +298,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info().Msg("wsplice stopped")
 	return nil
+}
+
+// reload reads the --config file again with the same command line and
+// puts what can change live in force; a bad file changes nothing.
+func reload(p *proxy.Proxy, running *options, args []string, log zerolog.Logger) {
+	o, _, err := parseFlags(args, io.Discard)
+	if err == nil && o == nil {
+		err = errors.New("no configuration")
+	}
+	if err != nil {
+		p.ReloadFailed(err)
+		log.Error().Err(err).Str("config", running.config).Msg("configuration reload failed, keeping the configuration in use")
+		return
+	}
+	var ignored []string
+	if o.dataplane != running.dataplane {
+		ignored = append(ignored, "dataplane")
+	}
+	if o.logFormat != running.logFormat {
+		ignored = append(ignored, "log-format")
+	}
+	more, err := p.Reload(o.cfg)
+	if err != nil {
+		log.Error().Err(err).Str("config", running.config).Msg("configuration reload failed, keeping the configuration in use")
+		return
+	}
+	zerolog.SetGlobalLevel(o.logLevel)
+	if ignored = append(ignored, more...); len(ignored) > 0 {
+		log.Warn().Strs("flags", ignored).Msg("configuration reload: these flags changed but need a restart; ignored")
+	}
 }
 
 func newDataplane(mode string, log zerolog.Logger) (dataplane.Dataplane, error) {

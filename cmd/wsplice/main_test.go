@@ -35,7 +35,7 @@ func TestHelp(t *testing.T) {
 	if code := exitCode(err, &stderr); code != 0 {
 		t.Fatalf("exit code %d, err %v", code, err)
 	}
-	for _, flag := range []string{"-listen", "-listen-tls", "-listen-tcp", "-listen-tcp-tls", "-tls-cert", "-tls-key", "-tls-handshake-timeout", "-ktls", "-backend", "-dataplane", "-log-level", "-log-format", "-header-timeout", "-max-header-bytes", "-admin", "-version", "Usage: wsplice"} {
+	for _, flag := range []string{"-listen", "-listen-tls", "-listen-tcp", "-listen-tcp-tls", "-tls-cert", "-tls-key", "-tls-handshake-timeout", "-ktls", "-backend", "-dataplane", "-log-level", "-log-format", "-header-timeout", "-max-header-bytes", "-admin", "-version", "-config", "-max-conns", "-max-conn-rate", "-max-conns-per-ip", "-max-conn-rate-per-ip", "-tcp-keepalive", "-drain-timeout", "/metrics", "Usage: wsplice"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("help lacks %q:\n%s", flag, stdout.String())
 		}

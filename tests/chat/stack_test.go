@@ -336,7 +336,9 @@ func startStack(t *testing.T, tl tools, dataplane, scheme string) *stack {
 
 	listen := freeAddr(t)
 	st.admin = freeAddr(t)
-	args := []string{"--listen", listen, "--admin", st.admin, "--dataplane", dataplane, "--log-level", "info"}
+	// --drain-timeout: a page still connected at the end does not hold
+	// the stop past its 5 s.
+	args := []string{"--listen", listen, "--admin", st.admin, "--dataplane", dataplane, "--log-level", "info", "--drain-timeout", "2s"}
 	for _, a := range backendAddrs {
 		args = append(args, "--backend", a)
 	}

@@ -22,7 +22,9 @@ import (
 func TestSIGTERM(t *testing.T) {
 	e := newEnv(t)
 	forEachDataplane(t, func(t *testing.T, dp string) {
-		d := e.startDaemon(t, dp)
+		// --drain-timeout 0: spliced pairs are closed at once (the drain
+		// is TestDrain's).
+		d := e.startDaemon(t, dp, "--drain-timeout", "0s")
 		ws, _ := d.dialWS(t, "/term")
 		if err := ws.WriteMessage(websocket.TextMessage, []byte("before SIGTERM")); err != nil {
 			t.Fatal(err)

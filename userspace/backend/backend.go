@@ -25,9 +25,10 @@ type Policy interface {
 	Select(candidates []Backend) Backend
 }
 
-// Pool is a fixed set of backends and the policy choosing among them.
+// Pool is a set of backends and the policy choosing among them. The set
+// can be replaced while connections are picked (SetBackends).
 type Pool struct {
-	backends []Backend
+	backends atomic.Pointer[[]Backend]
 	policy   Policy
 }
 
@@ -39,13 +40,24 @@ func NewPool(addrs []string, policy Policy) (*Pool, error) {
 		policy = &RoundRobin{}
 	}
 	p := &Pool{policy: policy}
-	for _, a := range addrs {
-		if err := CheckAddr(a); err != nil {
-			return nil, err
-		}
-		p.backends = append(p.backends, Backend{Addr: a})
+	if err := p.SetBackends(addrs); err != nil {
+		return nil, err
 	}
 	return p, nil
+}
+
+// SetBackends checks addrs and replaces the pool's backends with them for
+// the connections picked from now on; on error the pool is unchanged.
+func (p *Pool) SetBackends(addrs []string) error {
+	bs := make([]Backend, 0, len(addrs))
+	for _, a := range addrs {
+		if err := CheckAddr(a); err != nil {
+			return err
+		}
+		bs = append(bs, Backend{Addr: a})
+	}
+	p.backends.Store(&bs)
+	return nil
 }
 
 // CheckAddr reports whether addr is a usable "host:port".
@@ -65,14 +77,15 @@ func CheckAddr(addr string) error {
 
 // Next picks the backend for a new connection.
 func (p *Pool) Next() (Backend, error) {
-	if len(p.backends) == 0 {
+	bs := *p.backends.Load()
+	if len(bs) == 0 {
 		return Backend{}, ErrNoBackend
 	}
-	return p.policy.Select(p.backends), nil
+	return p.policy.Select(bs), nil
 }
 
 // Backends returns a copy of the pool's backends.
-func (p *Pool) Backends() []Backend { return append([]Backend(nil), p.backends...) }
+func (p *Pool) Backends() []Backend { return append([]Backend(nil), *p.backends.Load()...) }
 
 // RoundRobin picks each candidate in turn.
 type RoundRobin struct {

@@ -65,3 +65,33 @@ func TestBadAddr(t *testing.T) {
 		}
 	}
 }
+
+func TestSetBackends(t *testing.T) {
+	p, err := NewPool([]string{"10.0.0.1:80"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SetBackends([]string{"10.0.0.2:80", "bad"}); err == nil {
+		t.Fatal("bad address accepted")
+	}
+	if b, _ := p.Next(); b.Addr != "10.0.0.1:80" {
+		t.Fatalf("pool changed by a refused SetBackends: %s", b.Addr)
+	}
+	if err := p.SetBackends([]string{"10.0.0.2:80", "10.0.0.3:80"}); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for range 4 {
+		b, _ := p.Next()
+		seen[b.Addr] = true
+	}
+	if len(seen) != 2 || !seen["10.0.0.2:80"] || !seen["10.0.0.3:80"] {
+		t.Fatalf("after SetBackends picked %v", seen)
+	}
+	if err := p.SetBackends(nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Next(); err != ErrNoBackend {
+		t.Fatalf("empty pool: %v", err)
+	}
+}

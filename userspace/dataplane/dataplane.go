@@ -91,6 +91,9 @@ type Conn struct {
 	TLS *tls.Conn
 	// KTLS is set when kernel TLS encrypts and decrypts on the socket.
 	KTLS bool
+	// Meter, set on a client Conn before Splice, follows the pair for
+	// metrics (see Meter); nil: not followed.
+	Meter *Meter
 }
 
 // NewConn wraps c with zero counts.

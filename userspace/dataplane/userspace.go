@@ -79,6 +79,7 @@ func (u *Userspace) Stats() Stats {
 // pair is one spliced client/backend pair.
 type pair struct {
 	client, backend *Conn
+	meter           *Meter // of the client Conn, or nil
 	abortOnce       sync.Once
 	left            atomic.Int32 // directions still copying
 }
@@ -87,13 +88,14 @@ type pair struct {
 // on as a half-close, a reset as a reset, and both sockets close when both
 // directions are done.
 func (u *Userspace) Splice(client, backend *Conn, toClient []byte) error {
+	client.Meter.SetPath(u.Name())
 	if _, err := client.Write(toClient); err != nil {
 		_ = client.Close()
 		_ = backend.Close()
 		return fmt.Errorf("write to client: %w", err)
 	}
 	_ = client.SetWriteDeadline(time.Time{})
-	p := &pair{client: client, backend: backend}
+	p := &pair{client: client, backend: backend, meter: client.Meter}
 	p.left.Store(2)
 	u.mu.Lock()
 	if u.closed {
@@ -144,6 +146,7 @@ func (u *Userspace) tlsCopier(p *pair, dst, src *Conn, dir string) {
 			}
 			total += int64(n)
 			u.bytes.Add(uint64(n))
+			p.meter.Add(dst == p.backend, int64(n))
 		}
 		if err != nil {
 			break
@@ -170,7 +173,7 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 		// handed over): its bytes wait in the psock queue, which only
 		// recvmsg reads. splice(2) and SIOCINQ see the TCP queue, which
 		// the verdict has already emptied, and would wait forever.
-		total, err = copyRead(dst, src, &u.bytes)
+		total, err = copyRead(dst, src, &u.bytes, p.meter, dst == p.backend)
 		u.finish(p, dst, err, total, dir)
 		return
 	}
@@ -192,6 +195,7 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 		src.read.Add(n)
 		dst.written.Add(n)
 		u.bytes.Add(uint64(n))
+		p.meter.Add(dst == p.backend, n)
 		if n == 0 && err == nil {
 			break // EOF
 		}
@@ -251,6 +255,7 @@ func (u *Userspace) finish(p *pair, dst *Conn, err error, total int64, dir strin
 		delete(u.pairs, p)
 		u.mu.Unlock()
 		u.spliced.Add(-1)
+		p.meter.Done()
 	}
 }
 
@@ -318,7 +323,7 @@ func (u *Userspace) Close() error {
 
 // copyRead moves src to dst with read(2)/write(2) through a buffer,
 // counting as it goes; it returns nil at EOF.
-func copyRead(dst, src *Conn, moved *atomic.Uint64) (int64, error) {
+func copyRead(dst, src *Conn, moved *atomic.Uint64, meter *Meter, toBackend bool) (int64, error) {
 	buf := make([]byte, 64<<10)
 	var total int64
 	for {
@@ -328,6 +333,7 @@ func copyRead(dst, src *Conn, moved *atomic.Uint64) (int64, error) {
 			m, werr := dst.TCPConn.Write(buf[:n])
 			dst.written.Add(int64(m))
 			moved.Add(uint64(m))
+			meter.Add(toBackend, int64(m))
 			total += int64(m)
 			if werr != nil {
 				return total, werr

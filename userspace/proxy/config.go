@@ -8,6 +8,7 @@ import (
 
 	"github.com/wsplice/wsplice/userspace/backend"
 	"github.com/wsplice/wsplice/userspace/certstore"
+	"github.com/wsplice/wsplice/userspace/limit"
 )
 
 // Defaults for Config fields left zero.
@@ -19,6 +20,14 @@ const (
 	DefaultShutdownTimeout = 5 * time.Second
 
 	DefaultTLSHandshakeTimeout = 10 * time.Second
+
+	// TCP keepalive on client and backend sockets (unless
+	// Config.TCPKeepAliveOff): first probe after KeepAliveIdle without
+	// traffic, then every KeepAliveInterval, the connection dropped after
+	// KeepAliveCount unanswered probes (60 s for a peer that vanished).
+	KeepAliveIdle     = 30 * time.Second
+	KeepAliveInterval = 10 * time.Second
+	KeepAliveCount    = 3
 )
 
 // Kernel TLS modes (Config.KTLS).
@@ -68,8 +77,41 @@ type Config struct {
 	// ShutdownTimeout is how long handshakes and requests in flight may
 	// run on after shutdown starts.
 	ShutdownTimeout time.Duration
+	// DrainTimeout is how long established connections (spliced or
+	// not) and requests in flight may run on after shutdown starts,
+	// listeners closed; what is left is then closed. 0: spliced pairs are
+	// not waited for, and requests in flight get ShutdownTimeout.
+	DrainTimeout time.Duration
 	// Admin is the address of the admin HTTP server ("" = none).
 	Admin string
+
+	// MaxConns caps live client connections (0: no cap). Past it an
+	// HTTP listener's client gets 503 with Retry-After, an L4 listener's
+	// connection is closed at once.
+	MaxConns int
+	// MaxConnRate caps new client connections per second across the
+	// daemon (token bucket, burst of one second's worth; 0: no cap).
+	MaxConnRate int
+	// MaxConnsPerIP and MaxConnRatePerIP are the same per source address.
+	MaxConnsPerIP    int
+	MaxConnRatePerIP int
+	// TCPKeepAliveOff turns off TCP keepalive on client and backend
+	// sockets (on by default: KeepAliveIdle, KeepAliveInterval,
+	// KeepAliveCount).
+	TCPKeepAliveOff bool
+	// ProxyProtocolBackends maps a backend's "host:port" to the PROXY
+	// protocol version written to it before the client's first byte on
+	// L4 listeners (2; absent or 0: none).
+	//
+	// TODO(issue 4): temporary home, to be folded into the backend spec
+	// (backend.Spec.ProxyProtocol) when the pool's rework is merged.
+	ProxyProtocolBackends map[string]int
+}
+
+// limits returns the limiter's configuration.
+func (c *Config) limits() limit.Config {
+	return limit.Config{MaxConns: c.MaxConns, ConnRate: float64(c.MaxConnRate),
+		MaxConnsPerIP: c.MaxConnsPerIP, ConnRatePerIP: float64(c.MaxConnRatePerIP)}
 }
 
 // Validate fills in defaults and checks every field.
@@ -137,6 +179,20 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownTimeout < 0 {
 		errs = append(errs, fmt.Errorf("shutdown timeout %v: must be positive", c.ShutdownTimeout))
+	}
+	if c.DrainTimeout < 0 {
+		errs = append(errs, fmt.Errorf("drain timeout %v: must not be negative", c.DrainTimeout))
+	}
+	for name, v := range map[string]int{"max conns": c.MaxConns, "max conn rate": c.MaxConnRate,
+		"max conns per IP": c.MaxConnsPerIP, "max conn rate per IP": c.MaxConnRatePerIP} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("%s %d: must not be negative", name, v))
+		}
+	}
+	for b, v := range c.ProxyProtocolBackends {
+		if v != 0 && v != 2 {
+			errs = append(errs, fmt.Errorf("backend %s: PROXY protocol version %d: only 2 is supported", b, v))
+		}
 	}
 	if c.Admin != "" {
 		if _, _, err := net.SplitHostPort(c.Admin); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/wsplice/wsplice/userspace/dataplane"
 	"github.com/wsplice/wsplice/userspace/http1"
+	"github.com/wsplice/wsplice/userspace/limit"
 	"github.com/wsplice/wsplice/userspace/websocket"
 )
 
@@ -34,6 +35,12 @@ type clientConn struct {
 	p    *Proxy
 	conn *dataplane.Conn
 	kind listenerKind
+	// track follows the connection for metrics, limits and the drain
+	// (nil for a refused one).
+	track *tracked
+	// refused, when set, is the limit that refused the connection: it
+	// only gets its 503.
+	refused limit.Reason
 	// idle is set while waiting for a request head; shutdown closes
 	// idle connections at once.
 	idle atomic.Bool
@@ -71,6 +78,7 @@ func (cc *clientConn) serve() {
 		if !cc.spliced {
 			p.forget(cc)
 			p.dp.Release(cc.conn)
+			cc.track.release()
 		}
 		if debug {
 			p.log.Debug().Stringer("remote", cc.conn.RemoteAddr()).Int("requests", cc.served).Bool("spliced", cc.spliced).
@@ -78,6 +86,13 @@ func (cc *clientConn) serve() {
 		}
 	}()
 	if cc.kind.tls() && !cc.startTLS() {
+		if cc.refused != limit.OK {
+			<-p.rejecting
+		}
+		return
+	}
+	if cc.refused != limit.OK {
+		cc.answerRefused()
 		return
 	}
 	if cc.kind == kindTCP || cc.kind == kindTCPTLS {
@@ -100,7 +115,7 @@ func (cc *clientConn) serve() {
 // connection stays open for another request.
 func (cc *clientConn) serveOne() bool {
 	p := cc.p
-	_ = cc.conn.SetReadDeadline(time.Now().Add(p.cfg.HeaderTimeout))
+	_ = cc.conn.SetReadDeadline(time.Now().Add(p.conf().HeaderTimeout))
 	if _, err := cc.br.Peek(1); err != nil {
 		// Nothing sent: an idle keep-alive connection just closes; a new
 		// connection that stays silent gets its 408.
@@ -154,7 +169,7 @@ func (cc *clientConn) fail(status int, msg string, extra http1.Header) {
 	cc.wmu.Lock()
 	cc.responded = true
 	cc.wmu.Unlock()
-	_ = cc.conn.SetWriteDeadline(time.Now().Add(cc.p.cfg.HeaderTimeout))
+	_ = cc.conn.SetWriteDeadline(time.Now().Add(cc.p.conf().HeaderTimeout))
 	if _, err := cc.conn.Write(b); err != nil {
 		return
 	}
@@ -175,14 +190,9 @@ func (cc *clientConn) lingerClose() {
 // the sockmap would have the bytes the verdict passes queued where
 // splice(2) does not look (the psock's ingress queue, not the socket's).
 func (p *Proxy) dialBackend(cc *clientConn, addr string) (*dataplane.Conn, error) {
-	c, err := p.dialer.DialContext(p.force, "tcp", addr)
+	tc, err := p.dial(p.force, addr)
 	if err != nil {
-		return nil, fmt.Errorf("dial backend %s: %w", addr, err)
-	}
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		_ = c.Close()
-		return nil, fmt.Errorf("dial backend %s: not a TCP connection", addr)
+		return nil, err
 	}
 	if cc.kind.tls() {
 		return dataplane.NewConn(tc), nil

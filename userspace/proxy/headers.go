@@ -61,15 +61,21 @@ func (d dropper) drop(lname string) bool {
 type forwarded struct {
 	// forIPs holds earlier X-Forwarded-For values, in order.
 	forIPs []string
+	// elems holds earlier Forwarded values (RFC 7239), in order.
+	elems []string
 }
 
-// take reports whether the field is an X-Forwarded-* one the proxy
-// replaces, remembering X-Forwarded-For values to append to. A client's
-// X-Forwarded-Proto and -Host are not trusted.
+// take reports whether the field is an X-Forwarded-* or Forwarded one the
+// proxy replaces, remembering X-Forwarded-For and Forwarded values to
+// append to (as another proxy would). A client's X-Forwarded-Proto and
+// -Host are not trusted.
 func (f *forwarded) take(lname, value string) bool {
 	switch lname {
 	case "x-forwarded-for":
 		f.forIPs = append(f.forIPs, value)
+		return true
+	case "forwarded":
+		f.elems = append(f.elems, value)
 		return true
 	case "x-forwarded-proto", "x-forwarded-host":
 		return true
@@ -77,8 +83,8 @@ func (f *forwarded) take(lname, value string) bool {
 	return false
 }
 
-// fields returns the X-Forwarded-* fields for a request from client with
-// Host host, received over proto ("http" or "https").
+// fields returns the X-Forwarded-* and Forwarded fields for a request
+// from client with Host host, received over proto ("http" or "https").
 func (f *forwarded) fields(client net.Addr, host, proto string) http1.Header {
 	ip := clientIP(client)
 	h := http1.Header{
@@ -88,7 +94,51 @@ func (f *forwarded) fields(client net.Addr, host, proto string) http1.Header {
 	if host != "" {
 		h = append(h, http1.Field{Name: "X-Forwarded-Host", Value: host})
 	}
+	h = append(h, http1.Field{Name: "Forwarded", Value: strings.Join(append(f.elems, forwardedElement(ip, proto, host)), ", ")})
 	return h
+}
+
+// forwardedElement is this hop's forwarded-element (RFC 7239 §4):
+// for=, proto= and host= (when known). An IPv6 node is bracketed and
+// quoted (§6), and any value that is not a token is quoted.
+func forwardedElement(ip, proto, host string) string {
+	node := ip
+	if strings.Contains(ip, ":") {
+		node = "[" + ip + "]"
+	}
+	e := "for=" + forwardedValue(node) + ";proto=" + forwardedValue(proto)
+	if host != "" {
+		e += ";host=" + forwardedValue(host)
+	}
+	return e
+}
+
+// forwardedValue returns v as a token if it is one, else as a
+// quoted-string (RFC 9110 §5.6.4), escaping '"' and '\'.
+func forwardedValue(v string) string {
+	if v != "" && strings.IndexFunc(v, func(r rune) bool { return !isTchar(r) }) < 0 {
+		return v
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c == '"' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(c)
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// isTchar reports whether r may appear in a token (RFC 9110 §5.6.2).
+func isTchar(r rune) bool {
+	switch {
+	case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		return true
+	}
+	return strings.ContainsRune("!#$%&'*+-.^_`|~", r)
 }
 
 func clientIP(a net.Addr) string {

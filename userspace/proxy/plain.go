@@ -208,7 +208,7 @@ func (cc *clientConn) requestBody(req *http1.RequestHead) *requestBody {
 			cc.wmu.Lock()
 			defer cc.wmu.Unlock()
 			if !cc.responded {
-				_ = cc.conn.SetWriteDeadline(time.Now().Add(cc.p.cfg.HeaderTimeout))
+				_ = cc.conn.SetWriteDeadline(time.Now().Add(cc.p.conf().HeaderTimeout))
 				_, _ = cc.conn.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n"))
 			}
 		}

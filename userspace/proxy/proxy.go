@@ -25,6 +25,7 @@ import (
 	"github.com/wsplice/wsplice/userspace/certstore"
 	"github.com/wsplice/wsplice/userspace/dataplane"
 	"github.com/wsplice/wsplice/userspace/ktls"
+	"github.com/wsplice/wsplice/userspace/limit"
 )
 
 // listenerKind says what a listener does with its connections.
@@ -41,7 +42,11 @@ func (k listenerKind) tls() bool { return k == kindHTTPS || k == kindTCPTLS }
 
 // Proxy is a running set of listeners in front of a backend pool.
 type Proxy struct {
+	// cfg is the configuration the proxy started with: what a reload
+	// cannot change (listeners, certificate files, head size, admin) is
+	// read from it; live holds the one in force for the rest.
 	cfg   Config
+	live  atomic.Pointer[Config]
 	dp    dataplane.Dataplane
 	log   zerolog.Logger
 	pool  *backend.Pool
@@ -71,6 +76,15 @@ type Proxy struct {
 	conns        map[*clientConn]struct{}
 	shuttingDown atomic.Bool
 	wg           sync.WaitGroup // accept loops and connection goroutines
+
+	limiter *limit.Limiter
+	// rejecting bounds the goroutines answering refused HTTP clients;
+	// past it they are closed without an answer.
+	rejecting chan struct{}
+	metrics   *metrics
+	// splicedLive counts pairs handed to the data plane and not ended,
+	// for the drain at shutdown.
+	splicedLive atomic.Int64
 
 	connections     atomic.Int64
 	handshakes      atomic.Uint64
@@ -105,18 +119,24 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 		return nil, fmt.Errorf("backend pool: %w", err)
 	}
 	p := &Proxy{
-		cfg:    cfg,
-		dp:     dp,
-		log:    log,
-		pool:   pool,
-		conns:  make(map[*clientConn]struct{}),
-		dialer: net.Dialer{Timeout: cfg.DialTimeout},
+		cfg:   cfg,
+		dp:    dp,
+		log:   log,
+		pool:  pool,
+		conns: make(map[*clientConn]struct{}),
+		// Keepalive is set per socket (keepAlive), from the live config.
+		dialer:    net.Dialer{KeepAlive: -1},
+		limiter:   limit.New(cfg.limits()),
+		rejecting: make(chan struct{}, maxRejecting),
 	}
+	live := cfg
+	p.live.Store(&live)
+	p.metrics = newMetrics(p)
 	p.force, p.forceCancel = context.WithCancel(context.Background())
 	p.readers.New = func() any { return bufio.NewReaderSize(nil, cfg.MaxHeaderBytes) }
 	p.writers.New = func() any { return bufio.NewWriterSize(nil, 4096) }
 	p.transport = &http.Transport{
-		DialContext:            p.dialer.DialContext,
+		DialContext:            p.dialTransport,
 		MaxIdleConns:           256,
 		MaxIdleConnsPerHost:    64,
 		IdleConnTimeout:        90 * time.Second,
@@ -231,9 +251,12 @@ func Run(ctx context.Context, cfg Config, dp dataplane.Dataplane, log zerolog.Lo
 
 // Serve accepts clients until ctx is done, then shuts down: it closes the
 // listeners and idle connections, lets handshakes and requests in flight
-// run for Config.ShutdownTimeout, closes what is left and returns once
-// every goroutine it started has ended. Spliced pairs belong to the data
-// plane and are untouched. Serve must be called once.
+// and, with a Config.DrainTimeout, spliced pairs run until they end or the
+// drain timeout (else Config.ShutdownTimeout) passes, closes the client
+// connections left and returns once every goroutine it started has ended.
+// Spliced pairs still open belong to the data plane, which the caller
+// closes. The admin server answers until the drain is over. Serve must be
+// called once.
 func (p *Proxy) Serve(ctx context.Context) error {
 	var listeners, tlsListeners, tcpListeners, tcpTLSListeners []string
 	for i, ln := range p.lns {
@@ -250,21 +273,24 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		}
 	}
 	var adminSrv *http.Server
+	adminDone := make(chan struct{})
 	if p.admin != nil {
+		// Not in p.wg: the admin server answers (metrics) during the drain.
 		adminSrv = &http.Server{Handler: p.adminHandler(), ReadHeaderTimeout: p.cfg.HeaderTimeout}
-		p.wg.Add(1)
 		go func() {
-			defer p.wg.Done()
+			defer close(adminDone)
 			if err := adminSrv.Serve(p.admin); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				p.log.Error().Err(err).Msg("admin server failed")
 			}
 		}()
+	} else {
+		close(adminDone)
 	}
 	for i, ln := range p.lns {
 		p.wg.Add(1)
 		go p.acceptLoop(ln, p.kinds[i])
 	}
-	ev := p.log.Info().Strs("listeners", listeners).Strs("backends", p.cfg.Backends).Str("dataplane", p.dp.Name())
+	ev := p.log.Info().Strs("listeners", listeners).Strs("backends", p.conf().Backends).Str("dataplane", p.dp.Name())
 	if len(tlsListeners) > 0 {
 		ev = ev.Strs("tls_listeners", tlsListeners)
 	}
@@ -296,16 +322,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	ev.Msg("wsplice started")
 
 	<-ctx.Done()
-	p.shutdown(adminSrv)
-	return nil
-}
-
-// shutdown runs the steps Serve describes.
-func (p *Proxy) shutdown(adminSrv *http.Server) {
-	p.shuttingDown.Store(true)
-	for _, ln := range p.lns {
-		_ = ln.Close()
-	}
+	p.shutdown()
 	// The admin server closes its own listener: closing it here first
 	// would make Serve report the accept error.
 	if adminSrv != nil {
@@ -313,23 +330,58 @@ func (p *Proxy) shutdown(adminSrv *http.Server) {
 		_ = adminSrv.Shutdown(actx)
 		cancel()
 	}
+	<-adminDone
+	return nil
+}
+
+// shutdown runs the steps Serve describes: listeners closed, idle
+// keep-alive connections closed, then the drain: connections in flight
+// and (with a DrainTimeout) spliced pairs run on until they end or the
+// drain timeout passes. Spliced pairs still open then are the data
+// plane's to close (the caller closes it after Serve).
+func (p *Proxy) shutdown() {
+	p.shuttingDown.Store(true)
+	for _, ln := range p.lns {
+		_ = ln.Close()
+	}
 	p.closeConns(true)
-	done := make(chan struct{})
+	cfg := p.conf()
+	grace, drainSpliced := cfg.ShutdownTimeout, cfg.DrainTimeout > 0
+	if drainSpliced {
+		grace = cfg.DrainTimeout
+	}
+	p.log.Info().Int64("connections", p.connections.Load()).Int64("spliced", p.splicedLive.Load()).
+		Dur("drain_timeout", grace).Bool("drain_spliced", drainSpliced).Msg("shutting down: listeners closed, draining")
+	done, stop := make(chan struct{}), make(chan struct{})
+	defer close(stop)
 	go func() {
 		p.wg.Wait()
+		for drainSpliced && p.splicedLive.Load() > 0 {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
 		close(done)
 	}()
-	timer := time.NewTimer(p.cfg.ShutdownTimeout)
+	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	select {
 	case <-done:
 	case <-timer.C:
-		p.log.Warn().Int64("connections", p.connections.Load()).Msg("shutdown grace period over, closing connections in flight")
+		p.log.Warn().Int64("connections", p.connections.Load()).Int64("spliced", p.splicedLive.Load()).
+			Msg("drain timeout over, closing the connections left")
 		p.forceCancel()
 		p.closeConns(false)
+		wgDone := make(chan struct{})
+		go func() {
+			p.wg.Wait()
+			close(wgDone)
+		}()
 		select {
-		case <-done:
-		case <-time.After(p.cfg.ShutdownTimeout):
+		case <-wgDone:
+		case <-time.After(max(cfg.ShutdownTimeout, time.Second)):
 			// Every blocking call has a deadline or a closed socket
 			// under it; reaching this is a bug worth a loud line.
 			p.log.Error().Msg("connection goroutines still running after forced shutdown")
@@ -356,6 +408,7 @@ func (p *Proxy) closeConns(idleOnly bool) {
 
 func (p *Proxy) acceptLoop(ln *net.TCPListener, kind listenerKind) {
 	defer p.wg.Done()
+	listener := ln.Addr().String()
 	var backoff time.Duration
 	for {
 		c, err := ln.AcceptTCP()
@@ -370,6 +423,12 @@ func (p *Proxy) acceptLoop(ln *net.TCPListener, kind listenerKind) {
 			continue
 		}
 		backoff = 0
+		ticket, reason := p.limiter.Admit(addrIP(c.RemoteAddr()))
+		if reason != limit.OK {
+			p.refuse(c, kind, listener, reason)
+			continue
+		}
+		p.keepAlive(c)
 		var conn *dataplane.Conn
 		if kind.tls() {
 			// Not adopted: the socket will carry TLS records, which
@@ -380,15 +439,17 @@ func (p *Proxy) acceptLoop(ln *net.TCPListener, kind listenerKind) {
 		} else if conn, err = p.dp.Adopt(c); err != nil {
 			// Adopt before the first read: the kernel path needs it.
 			_ = c.Close()
+			ticket.Release()
 			p.log.Error().Err(err).Msg("adopt client connection")
 			continue
 		}
-		cc := &clientConn{p: p, conn: conn, kind: kind}
+		cc := &clientConn{p: p, conn: conn, kind: kind, track: p.track(listener, ticket)}
 		cc.idle.Store(true)
 		p.mu.Lock()
 		if p.shuttingDown.Load() {
 			p.mu.Unlock()
 			p.dp.Release(conn)
+			cc.track.release()
 			return
 		}
 		p.conns[cc] = struct{}{}
@@ -454,6 +515,7 @@ func (p *Proxy) Stats() Stats {
 
 func (p *Proxy) adminHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", p.metrics.handler())
 	mux.HandleFunc("GET /debug/stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

@@ -25,7 +25,7 @@ func (cc *clientConn) proto() string {
 func (cc *clientConn) startTLS() bool {
 	p := cc.p
 	p.tlsHandshakes.Add(1)
-	deadline := time.Now().Add(p.cfg.TLSHandshakeTimeout)
+	deadline := time.Now().Add(p.conf().TLSHandshakeTimeout)
 	_ = cc.conn.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(p.force, deadline)
 	defer cancel()
@@ -127,9 +127,21 @@ func (cc *clientConn) serveL4() {
 		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("L4 connection failed")
 		return
 	}
+	// The PROXY protocol hook: the header goes to the backend before
+	// Splice, so before any byte of the client's.
+	if p.conf().ProxyProtocolBackends[be.Addr] == 2 {
+		if err := p.writeProxyHeader(cc, bconn); err != nil {
+			p.log.Warn().Err(err).Str("backend", be.Addr).Msg("L4 connection failed")
+			p.dp.Release(bconn)
+			return
+		}
+	}
 	p.forget(cc)
 	cc.spliced = true
-	if err := p.dp.Splice(cc.conn, bconn, nil); err != nil {
+	cc.conn.Meter = cc.track.splicing(be.Addr)
+	err = p.dp.Splice(cc.conn, bconn, nil)
+	cc.track.splicedResult(err)
+	if err != nil {
 		p.log.Error().Err(err).Str("backend", be.Addr).Msg("splice")
 		return
 	}

@@ -20,6 +20,7 @@ const maxInterim = 8
 func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 	p := cc.p
 	p.handshakes.Add(1)
+	start := time.Now()
 	// Counted before answering, so that a client that sees the answer
 	// sees the counter too.
 	failed := false
@@ -27,6 +28,7 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 		if !failed {
 			failed = true
 			p.handshakeErrors.Add(1)
+			p.metrics.handshakeDone(status, start)
 		}
 		if status != 0 {
 			cc.fail(status, msg, extra)
@@ -64,7 +66,7 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 	}()
 
 	// The backend gets DialTimeout to read the handshake and answer it.
-	_ = bconn.SetDeadline(time.Now().Add(p.cfg.DialTimeout))
+	_ = bconn.SetDeadline(time.Now().Add(p.conf().DialTimeout))
 	if _, err := bconn.Write(cc.upgradeRequest(req)); err != nil {
 		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed: write request")
 		reject(502, "backend failed", nil)
@@ -95,7 +97,9 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 	if resp.Status != 101 {
 		// The backend refused the upgrade: relay its answer as is.
 		_ = bconn.SetDeadline(time.Time{})
-		reject(0, "", nil)
+		failed = true
+		p.handshakeErrors.Add(1)
+		p.metrics.handshakeDone(resp.Status, start)
 		return cc.relay(req, resp, bbr)
 	}
 	if err := websocket.CheckResponse(resp, req.Header.Get("Sec-WebSocket-Key")); err != nil {
@@ -124,16 +128,20 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 	}
 	_ = cc.conn.SetDeadline(time.Time{})
 	_ = bconn.SetDeadline(time.Time{})
-	_ = cc.conn.SetWriteDeadline(time.Now().Add(p.cfg.HeaderTimeout))
+	_ = cc.conn.SetWriteDeadline(time.Now().Add(p.conf().HeaderTimeout))
 
 	p.forget(cc)
 	cc.spliced, keepBackend = true, true
-	if err := p.dp.Splice(cc.conn, bconn, toClient); err != nil {
+	cc.conn.Meter = cc.track.splicing(be.Addr)
+	err = p.dp.Splice(cc.conn, bconn, toClient)
+	cc.track.splicedResult(err)
+	if err != nil {
 		// The data plane owns and has closed both; the client sees a close.
 		reject(0, "", nil)
 		p.log.Error().Err(err).Str("backend", be.Addr).Msg("splice")
 		return false
 	}
+	p.metrics.handshakeDone(101, start)
 	if p.log.Debug().Enabled() {
 		p.log.Debug().Stringer("remote", cc.conn.RemoteAddr()).Str("backend", be.Addr).Str("target", req.Target).
 			Str("dataplane", p.dp.Name()).Msg("websocket spliced")

@@ -128,12 +128,13 @@ func TestUpgradeHeaders(t *testing.T) {
 	for _, f := range req.Header {
 		names = append(names, f.Name)
 	}
-	wantOrder := "Host,Sec-WebSocket-Key,Sec-WebSocket-Version,Origin,Cookie,Authorization,Sec-WebSocket-Protocol,Sec-WebSocket-Extensions,Connection,Upgrade,X-Forwarded-For,X-Forwarded-Proto,X-Forwarded-Host"
+	wantOrder := "Host,Sec-WebSocket-Key,Sec-WebSocket-Version,Origin,Cookie,Authorization,Sec-WebSocket-Protocol,Sec-WebSocket-Extensions,Connection,Upgrade,X-Forwarded-For,X-Forwarded-Proto,X-Forwarded-Host,Forwarded"
 	if strings.Join(names, ",") != wantOrder {
 		t.Errorf("backend fields\n got %s\nwant %s", strings.Join(names, ","), wantOrder)
 	}
 	for name, want := range map[string]string{
 		"Host":                     "example.test",
+		"Forwarded":                `for=127.0.0.1;proto=http;host=example.test`,
 		"Sec-WebSocket-Key":        testKey,
 		"Sec-WebSocket-Protocol":   "chat, superchat",
 		"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits",

@@ -1,0 +1,129 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/wsplice/wsplice/userspace/dataplane"
+	"github.com/wsplice/wsplice/userspace/http1"
+	"github.com/wsplice/wsplice/userspace/limit"
+	"github.com/wsplice/wsplice/userspace/proxyproto"
+)
+
+// maxRejecting bounds the refused HTTP clients answered at once (each
+// answer lingers up to lingerTimeout); more are closed without one.
+const maxRejecting = 256
+
+// retryAfter is the Retry-After, in seconds, of a limit's 503.
+const retryAfter = "1"
+
+// conf returns the configuration in force (see Proxy.live).
+func (p *Proxy) conf() *Config { return p.live.Load() }
+
+// refuse ends a connection a limit refused, decided at accept before any
+// byte is read: an L4 listener's is closed at once; an HTTP listener's
+// client gets a 503 that says which limit, with Retry-After (after the
+// TLS handshake on a TLS listener), from a goroutine of its own, unless
+// too many are being answered already.
+func (p *Proxy) refuse(c *net.TCPConn, kind listenerKind, listener string, reason limit.Reason) {
+	p.metrics.accepted.WithLabelValues(listener).Inc()
+	p.metrics.rejections.WithLabelValues(string(reason)).Inc()
+	if p.log.Debug().Enabled() {
+		p.log.Debug().Stringer("remote", c.RemoteAddr()).Str("listener", listener).Str("reason", string(reason)).Msg("connection refused by a limit")
+	}
+	if kind == kindTCP || kind == kindTCPTLS {
+		_ = c.Close()
+		return
+	}
+	select {
+	case p.rejecting <- struct{}{}:
+	default:
+		_ = c.Close()
+		return
+	}
+	cc := &clientConn{p: p, conn: dataplane.NewConn(c), kind: kind, refused: reason}
+	p.mu.Lock()
+	if p.shuttingDown.Load() {
+		p.mu.Unlock()
+		<-p.rejecting
+		_ = c.Close()
+		return
+	}
+	p.conns[cc] = struct{}{}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	p.connections.Add(1)
+	go cc.serve()
+}
+
+// answerRefused answers a refused client with its 503.
+func (cc *clientConn) answerRefused() {
+	defer func() { <-cc.p.rejecting }()
+	_ = cc.conn.SetReadDeadline(time.Now().Add(lingerTimeout))
+	cc.fail(503, cc.refused.Message(), http1.Header{{Name: "Retry-After", Value: retryAfter}})
+}
+
+// addrIP is the IP of a TCP address (the zero Addr if it has none).
+func addrIP(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return ip.Unmap()
+	}
+	return netip.Addr{}
+}
+
+// keepAlive sets TCP keepalive on c as the live config says. The options
+// are the socket's own, so they hold on the kernel data path too.
+func (p *Proxy) keepAlive(c *net.TCPConn) {
+	if p.conf().TCPKeepAliveOff {
+		_ = c.SetKeepAlive(false)
+		return
+	}
+	_ = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: KeepAliveIdle, Interval: KeepAliveInterval, Count: KeepAliveCount})
+}
+
+// dial connects to a backend within the live DialTimeout, with keepalive.
+func (p *Proxy) dial(ctx context.Context, addr string) (*net.TCPConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.conf().DialTimeout)
+	defer cancel()
+	c, err := p.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial backend %s: %w", addr, err)
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		_ = c.Close()
+		return nil, fmt.Errorf("dial backend %s: not a TCP connection", addr)
+	}
+	p.keepAlive(tc)
+	return tc, nil
+}
+
+// dialTransport is the plain HTTP transport's dialer.
+func (p *Proxy) dialTransport(ctx context.Context, network, addr string) (net.Conn, error) {
+	return p.dial(ctx, addr)
+}
+
+// writeProxyHeader writes the PROXY protocol v2 header for client cc to
+// the backend, before any byte of the client's: the hook of
+// Config.ProxyProtocolBackends on the L4 listeners.
+func (p *Proxy) writeProxyHeader(cc *clientConn, bconn *dataplane.Conn) error {
+	src, _ := cc.conn.RemoteAddr().(*net.TCPAddr)
+	dst, _ := cc.conn.LocalAddr().(*net.TCPAddr)
+	if src == nil || dst == nil {
+		return fmt.Errorf("proxy protocol: not a TCP connection")
+	}
+	h, err := proxyproto.Header(src.AddrPort(), dst.AddrPort())
+	if err != nil {
+		return err
+	}
+	_ = bconn.SetWriteDeadline(time.Now().Add(p.conf().DialTimeout))
+	if _, err := bconn.Write(h); err != nil {
+		return fmt.Errorf("write PROXY header: %w", err)
+	}
+	_ = bconn.SetWriteDeadline(time.Time{})
+	return nil
+}

@@ -1,0 +1,89 @@
+package proxy
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+)
+
+// BackendSetter is what a reload needs of the backend pool: replace the
+// backends new connections are picked from, leaving established ones
+// alone, or fail and change nothing.
+type BackendSetter interface {
+	SetBackends(addrs []string) error
+}
+
+// Reload puts cfg in force for what can change while running: backends
+// (and their PROXY protocol setting), limits, timeouts and TCP keepalive.
+// It is atomic: cfg is validated whole first, and on any error nothing
+// changes. Fields that need a restart (listeners, certificate files, TLS
+// and kernel TLS settings, head size, admin address) keep their running
+// values; the names of those that differ are returned, for a log line.
+// Established connections are not touched. Reloads are counted in the
+// metrics.
+func (p *Proxy) Reload(cfg Config) (ignored []string, err error) {
+	defer func() {
+		if err != nil {
+			p.metrics.reloads.WithLabelValues("failure").Inc()
+			return
+		}
+		p.metrics.reloads.WithLabelValues("success").Inc()
+		p.metrics.lastReload.Set(float64(time.Now().UnixNano()) / 1e9)
+	}()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	old := p.conf()
+	restart := []struct {
+		name string
+		same bool
+	}{
+		{"listen", slices.Equal(old.Listen, cfg.Listen)},
+		{"listen-tls", slices.Equal(old.TLSListen, cfg.TLSListen)},
+		{"listen-tcp", slices.Equal(old.TCPListen, cfg.TCPListen)},
+		{"listen-tcp-tls", slices.Equal(old.TCPTLSListen, cfg.TCPTLSListen)},
+		{"tls-cert/tls-key", slices.Equal(old.Certificates, cfg.Certificates)},
+		{"ktls", old.KTLS == cfg.KTLS},
+		{"max-header-bytes", old.MaxHeaderBytes == cfg.MaxHeaderBytes},
+		{"admin", old.Admin == cfg.Admin},
+	}
+	for _, r := range restart {
+		if !r.same {
+			ignored = append(ignored, r.name)
+		}
+	}
+	cfg.Listen, cfg.TLSListen, cfg.TCPListen, cfg.TCPTLSListen = old.Listen, old.TLSListen, old.TCPListen, old.TCPTLSListen
+	cfg.Certificates, cfg.KTLS, cfg.MaxHeaderBytes, cfg.Admin = old.Certificates, old.KTLS, old.MaxHeaderBytes, old.Admin
+	cfg.Backends = slices.Clone(cfg.Backends)
+	cfg.ProxyProtocolBackends = maps.Clone(cfg.ProxyProtocolBackends)
+
+	var pool BackendSetter = p.pool
+	if err := pool.SetBackends(cfg.Backends); err != nil {
+		return nil, fmt.Errorf("backends: %w", err)
+	}
+	p.live.Store(&cfg)
+	p.limiter.SetConfig(cfg.limits())
+	ev := p.log.Info().Strs("backends", cfg.Backends).Int("max_conns", cfg.MaxConns).Int("max_conn_rate", cfg.MaxConnRate).
+		Int("max_conns_per_ip", cfg.MaxConnsPerIP).Int("max_conn_rate_per_ip", cfg.MaxConnRatePerIP).
+		Dur("header_timeout", cfg.HeaderTimeout).Dur("dial_timeout", cfg.DialTimeout).Dur("drain_timeout", cfg.DrainTimeout).
+		Bool("tcp_keepalive", !cfg.TCPKeepAliveOff)
+	if len(ignored) > 0 {
+		ev = ev.Strs("ignored_need_restart", ignored)
+	}
+	ev.Msg("configuration reloaded")
+	return ignored, nil
+}
+
+// Config returns a copy of the configuration in force.
+func (p *Proxy) Config() Config {
+	c := *p.conf()
+	c.Backends = slices.Clone(c.Backends)
+	return c
+}
+
+// ReloadFailed counts a reload that failed before Reload (a file that
+// could not be read or parsed).
+func (p *Proxy) ReloadFailed(err error) {
+	p.metrics.reloads.WithLabelValues("failure").Inc()
+}
