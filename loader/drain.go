@@ -442,6 +442,11 @@ func (s *Splicer) leave(p *pair) {
 }
 
 func (s *Splicer) releasePair(p *pair) {
+	p.mu.Lock()
+	if p.idle != nil {
+		p.idle.Stop()
+	}
+	p.mu.Unlock()
 	s.mu.Lock()
 	delete(s.pairs, p)
 	for _, sk := range p.socks {

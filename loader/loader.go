@@ -67,6 +67,8 @@ type Splicer struct {
 	bytesUser      atomic.Uint64
 	bytesKernel    atomic.Uint64 // redirected bytes of sockets already gone
 	overlapTrimmed atomic.Uint64 // retransmitted bytes cut by the verdict, of sockets gone
+	idleClosed     atomic.Uint64
+	idleTimeout    atomic.Int64 // time.Duration for pairs spliced from now on
 }
 
 // New loads and attaches the BPF programs. On any failure it returns an
@@ -173,6 +175,7 @@ func (s *Splicer) Stats() dataplane.Stats {
 		BytesUserspace: s.bytesUser.Load(),
 		BytesKernel:    s.bytesKernel.Load(),
 		OverlapTrimmed: s.overlapTrimmed.Load(),
+		IdleClosed:     s.idleClosed.Load(),
 	}
 	var (
 		key uint64

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -54,6 +55,8 @@ type pair struct {
 	// meter is the client Conn's Meter (nil: not followed): it reads
 	// the pair's counts while it lives and is told when it ends.
 	meter *dataplane.Meter
+	// idle closes the pair after its idle timeout (watchIdle).
+	idle *time.Timer
 }
 
 // spliceRcvBuf, when set, caps SO_RCVBUF of spliced sockets. It is 0:
@@ -265,6 +268,7 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	p.ready = true
 	pending := p.pending
 	p.mu.Unlock()
+	s.watchIdle(p)
 	// Bytes that arrived before a switch were passed without a notice:
 	// drain them now if there are any; replay held events.
 	for i, sk := range p.socks {

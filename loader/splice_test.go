@@ -650,4 +650,3 @@ func TestSpliceFallbackWithSocketInMap(t *testing.T) {
 		t.Fatalf("fallback moved %d bytes, want about %d", st.BytesUserspace, 2*len(msg))
 	}
 }
-

@@ -125,10 +125,29 @@ func (s *echoServer) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		log.Info().Err(err).Int64("bytes", n).Msg("raw echo done")
 	case q.Has("push"):
 		err = s.push(ws, q.Get("push"), q.Get("id"))
+	case q.Has("tick"):
+		err = tick(ws, q.Get("tick"))
 	default:
 		err = echo(ws)
 	}
 	log.Debug().Err(err).Msg("done")
+}
+
+// tick sends "tick N" every interval and reads nothing: traffic in one
+// direction only, for idle-timeout tests. It ends when a write fails.
+func tick(ws *websocket.Conn, interval string) error {
+	d, err := time.ParseDuration(interval)
+	if err != nil || d <= 0 {
+		return fmt.Errorf("parse tick %q: %w", interval, err)
+	}
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for i := 0; ; i++ {
+		<-t.C
+		if err := ws.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf("tick %d", i))); err != nil {
+			return fmt.Errorf("tick: %w", err)
+		}
+	}
 }
 
 // echo sends every message back unchanged, streaming so that a 64 MiB

@@ -100,6 +100,7 @@ func newFlagSet(o *options, r *rawFlags, stdout io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "most live client connections from one source address (0: no limit)")
 	fs.IntVar(&o.cfg.MaxConnRatePerIP, "max-conn-rate-per-ip", 0, "most new client connections per second from one source address (0: no limit)")
 	fs.BoolVar(&r.keepAlive, "tcp-keepalive", true, "TCP keepalive on client and backend sockets (idle 30s, interval 10s, 3 probes); --tcp-keepalive=false turns it off")
+	fs.DurationVar(&o.cfg.IdleTimeout, "idle-timeout", proxy.DefaultIdleTimeout, "close a WebSocket (or L4 connection) with no byte in either direction for this long, on every data path; 1s to 1h")
 	fs.DurationVar(&o.cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long established connections may run on after the listeners close (0: close them at once)")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
@@ -176,6 +177,9 @@ func finishOptions(o *options, r *rawFlags) (*options, bool, error) {
 	}
 	if o.cfg.HeaderTimeout <= 0 {
 		return nil, false, usageError{fmt.Errorf("invalid --header-timeout %v: must be positive", o.cfg.HeaderTimeout)}
+	}
+	if o.cfg.IdleTimeout < proxy.MinIdleTimeout || o.cfg.IdleTimeout > proxy.MaxIdleTimeout {
+		return nil, false, usageError{fmt.Errorf("invalid --idle-timeout %v: must be between %v and %v", o.cfg.IdleTimeout, proxy.MinIdleTimeout, proxy.MaxIdleTimeout)}
 	}
 	if o.cfg.DrainTimeout < 0 {
 		return nil, false, usageError{fmt.Errorf("invalid --drain-timeout %v: must not be negative", o.cfg.DrainTimeout)}

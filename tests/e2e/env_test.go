@@ -138,6 +138,8 @@ type stats struct {
 	Connections          int64  `json:"connections"`
 	HandshakesTotal      uint64 `json:"handshakes_total"`
 	HandshakeErrorsTotal uint64 `json:"handshake_errors_total"`
+	IdleClosed           uint64 `json:"idle_closed"`
+	OverlapTrimmed       uint64 `json:"overlap_trimmed"`
 }
 
 func (d *daemon) stats(t *testing.T) stats {

@@ -10,6 +10,7 @@
 package dataplane
 
 import (
+	"time"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -42,6 +43,11 @@ type Dataplane interface {
 	// Release closes a connection that was adopted but is not spliced
 	// (plain HTTP, a failed handshake) and forgets it.
 	Release(c *Conn)
+	// SetIdleTimeout sets how long a pair spliced from now on may go
+	// without a byte in either direction before both sides are closed
+	// (0: never). Pairs already spliced keep the timeout they started
+	// with, so a reload never touches an established connection.
+	SetIdleTimeout(d time.Duration)
 	// Stats reports counters for logs, tests and the admin endpoint.
 	Stats() Stats
 	// Close closes every spliced connection and releases kernel state.
@@ -68,6 +74,8 @@ type Stats struct {
 	// repeated bytes already seen and that the kernel path cut off before
 	// forwarding (sockmap only; see bpf/wsplice.c trim_overlap).
 	OverlapTrimmed uint64 `json:"overlap_trimmed"`
+	// IdleClosed counts pairs closed by the idle timeout.
+	IdleClosed uint64 `json:"idle_closed"`
 }
 
 // Conn is an adopted TCP connection with exact counts of the bytes the

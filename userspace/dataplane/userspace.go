@@ -41,7 +41,12 @@ type Userspace struct {
 	spliced      atomic.Int64
 	splicedTotal atomic.Uint64
 	bytes        atomic.Uint64
+	idleClosed   atomic.Uint64
+	idleTimeout  atomic.Int64 // time.Duration for pairs spliced from now on
 }
+
+// SetIdleTimeout implements Dataplane.
+func (u *Userspace) SetIdleTimeout(d time.Duration) { u.idleTimeout.Store(int64(d)) }
 
 // NewUserspace returns the userspace data path.
 func NewUserspace(log zerolog.Logger) Dataplane {
@@ -73,6 +78,7 @@ func (u *Userspace) Stats() Stats {
 		SplicedTotal:   u.splicedTotal.Load(),
 		MapEntries:     -1,
 		BytesUserspace: u.bytes.Load(),
+		IdleClosed:     u.idleClosed.Load(),
 	}
 }
 
@@ -82,6 +88,45 @@ type pair struct {
 	meter           *Meter // of the client Conn, or nil
 	abortOnce       sync.Once
 	left            atomic.Int32 // directions still copying
+	// lastActive is when a byte last moved, in nanoseconds of the
+	// monotonic clock (monoNow); idle watches it.
+	lastActive atomic.Int64
+	idle       *time.Timer
+}
+
+// touch records activity on p.
+func (p *pair) touch() { p.lastActive.Store(monoNow()) }
+
+// clockBase anchors monoNow.
+var clockBase = time.Now()
+
+// monoNow is the monotonic clock in nanoseconds.
+func monoNow() int64 { return int64(time.Since(clockBase)) }
+
+// watchIdle closes p once no byte has moved either way for timeout: a
+// timer per pair, re-armed for the remaining time when it fires early, so
+// the cost is one wake-up per pair per timeout period at most.
+func (u *Userspace) watchIdle(p *pair, timeout time.Duration) {
+	if timeout <= 0 {
+		return
+	}
+	var check func()
+	check = func() {
+		if p.left.Load() == 0 {
+			return
+		}
+		idle := time.Duration(monoNow() - p.lastActive.Load())
+		if idle < timeout {
+			p.idle.Reset(timeout - idle)
+			return
+		}
+		if u.log.Debug().Enabled() {
+			u.log.Debug().Dur("idle", idle).Msg("idle timeout: closing spliced pair")
+		}
+		u.idleClosed.Add(1)
+		p.closeBoth()
+	}
+	p.idle = time.AfterFunc(timeout, check)
 }
 
 // Splice implements Dataplane: one copier per direction; a FIN is passed
@@ -97,6 +142,7 @@ func (u *Userspace) Splice(client, backend *Conn, toClient []byte) error {
 	_ = client.SetWriteDeadline(time.Time{})
 	p := &pair{client: client, backend: backend, meter: client.Meter}
 	p.left.Store(2)
+	p.touch()
 	u.mu.Lock()
 	if u.closed {
 		u.mu.Unlock()
@@ -111,6 +157,7 @@ func (u *Userspace) Splice(client, backend *Conn, toClient []byte) error {
 	u.splicedTotal.Add(1)
 	_ = client.SetReadBuffer(spliceReadBuffer)
 	_ = backend.SetReadBuffer(spliceReadBuffer)
+	u.watchIdle(p, time.Duration(u.idleTimeout.Load()))
 	if client.TLS != nil || backend.TLS != nil {
 		// The socket holds ciphertext: bytes go through the TLS session.
 		go u.tlsCopier(p, backend, client, "client_to_backend")
@@ -147,6 +194,7 @@ func (u *Userspace) tlsCopier(p *pair, dst, src *Conn, dir string) {
 			total += int64(n)
 			u.bytes.Add(uint64(n))
 			p.meter.Add(dst == p.backend, int64(n))
+			p.touch()
 		}
 		if err != nil {
 			break
@@ -173,7 +221,7 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 		// handed over): its bytes wait in the psock queue, which only
 		// recvmsg reads. splice(2) and SIOCINQ see the TCP queue, which
 		// the verdict has already emptied, and would wait forever.
-		total, err = copyRead(dst, src, &u.bytes, p.meter, dst == p.backend)
+		total, err = copyRead(dst, src, &u.bytes, p.meter, dst == p.backend, p.touch)
 		u.finish(p, dst, err, total, dir)
 		return
 	}
@@ -196,6 +244,9 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 		dst.written.Add(n)
 		u.bytes.Add(uint64(n))
 		p.meter.Add(dst == p.backend, n)
+		if n > 0 {
+			p.touch()
+		}
 		if n == 0 && err == nil {
 			break // EOF
 		}
@@ -249,6 +300,9 @@ func (u *Userspace) finish(p *pair, dst *Conn, err error, total int64, dir strin
 		_ = dst.CloseWrite()
 	}
 	if p.left.Add(-1) == 0 {
+		if p.idle != nil {
+			p.idle.Stop()
+		}
 		_ = p.client.Close()
 		_ = p.backend.Close()
 		u.mu.Lock()
@@ -323,7 +377,7 @@ func (u *Userspace) Close() error {
 
 // copyRead moves src to dst with read(2)/write(2) through a buffer,
 // counting as it goes; it returns nil at EOF.
-func copyRead(dst, src *Conn, moved *atomic.Uint64, meter *Meter, toBackend bool) (int64, error) {
+func copyRead(dst, src *Conn, moved *atomic.Uint64, meter *Meter, toBackend bool, touch func()) (int64, error) {
 	buf := make([]byte, 64<<10)
 	var total int64
 	for {
@@ -335,6 +389,7 @@ func copyRead(dst, src *Conn, moved *atomic.Uint64, meter *Meter, toBackend bool
 			moved.Add(uint64(m))
 			meter.Add(toBackend, int64(m))
 			total += int64(m)
+			touch()
 			if werr != nil {
 				return total, werr
 			}

@@ -18,6 +18,11 @@ const (
 	DefaultMaxHeaderBytes  = 16 << 10
 	DefaultDialTimeout     = 5 * time.Second
 	DefaultShutdownTimeout = 5 * time.Second
+	DefaultIdleTimeout     = 60 * time.Second
+
+	// MinIdleTimeout and MaxIdleTimeout bound Config.IdleTimeout.
+	MinIdleTimeout = time.Second
+	MaxIdleTimeout = time.Hour
 
 	DefaultTLSHandshakeTimeout = 10 * time.Second
 
@@ -71,6 +76,10 @@ type Config struct {
 	HeaderTimeout time.Duration
 	// MaxHeaderBytes bounds a request head; larger heads get 431.
 	MaxHeaderBytes int
+	// IdleTimeout closes a spliced connection (both sides) once no byte
+	// has moved in either direction for this long, on every data path.
+	// A reload applies it to connections spliced afterwards.
+	IdleTimeout time.Duration
 	// DialTimeout bounds connecting to a backend, and waiting for its
 	// answer to a WebSocket handshake.
 	DialTimeout time.Duration
@@ -134,6 +143,9 @@ func (c *Config) Validate() error {
 	if c.DialTimeout == 0 {
 		c.DialTimeout = DefaultDialTimeout
 	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
@@ -173,6 +185,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxHeaderBytes < 256 || c.MaxHeaderBytes > 1<<20 {
 		errs = append(errs, fmt.Errorf("max header bytes %d: must be between 256 and 1048576", c.MaxHeaderBytes))
+	}
+	if c.IdleTimeout < MinIdleTimeout || c.IdleTimeout > MaxIdleTimeout {
+		errs = append(errs, fmt.Errorf("idle timeout %v: must be between %v and %v", c.IdleTimeout, MinIdleTimeout, MaxIdleTimeout))
 	}
 	if c.DialTimeout < 0 {
 		errs = append(errs, fmt.Errorf("dial timeout %v: must be positive", c.DialTimeout))

@@ -131,6 +131,7 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 	}
 	live := cfg
 	p.live.Store(&live)
+	dp.SetIdleTimeout(cfg.IdleTimeout)
 	p.metrics = newMetrics(p)
 	p.force, p.forceCancel = context.WithCancel(context.Background())
 	p.readers.New = func() any { return bufio.NewReaderSize(nil, cfg.MaxHeaderBytes) }

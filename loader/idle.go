@@ -1,0 +1,72 @@
+package loader
+
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// SetIdleTimeout implements dataplane.Dataplane.
+// Pairs the fallback serves get the same timeout.
+func (s *Splicer) SetIdleTimeout(d time.Duration) {
+	s.idleTimeout.Store(int64(d))
+	if s.fallback != nil {
+		s.fallback.SetIdleTimeout(d)
+	}
+}
+
+// watchIdle closes p once neither socket has received a byte for the
+// pair's idle timeout. The bytes never reach userspace, so activity comes
+// from the verdict: conn_stats.last_ns, stamped with bpf_ktime_get_ns on
+// every segment (and on the slow path's segments too, which the verdict
+// passes). One timer per pair fires at the earliest moment the pair could
+// be idle; it reads two map entries and either closes the pair or sleeps
+// for the time left. The cost per pair is one wake-up per timeout period
+// at most, whatever the number of pairs.
+func (s *Splicer) watchIdle(p *pair) {
+	timeout := time.Duration(s.idleTimeout.Load())
+	if timeout <= 0 {
+		return
+	}
+	start := monoNow()
+	var check func()
+	check = func() {
+		if p.isClosed() {
+			return
+		}
+		last := start
+		for _, sk := range p.socks {
+			var st wspliceConnStats
+			if err := s.objs.StatsMap.Lookup(sk.cookie, &st); err == nil && int64(st.LastNs) > last {
+				last = int64(st.LastNs)
+			}
+		}
+		idle := time.Duration(monoNow() - last)
+		if idle < timeout {
+			p.mu.Lock()
+			if !p.closed {
+				p.idle.Reset(timeout - idle)
+			}
+			p.mu.Unlock()
+			return
+		}
+		if s.log.Debug().Enabled() {
+			s.log.Debug().Dur("idle", idle).Msg("idle timeout: closing spliced pair")
+		}
+		s.idleClosed.Add(1)
+		s.closePair(p, false)
+	}
+	p.mu.Lock()
+	if !p.closed {
+		p.idle = time.AfterFunc(timeout, check)
+	}
+	p.mu.Unlock()
+}
+
+// monoNow reads CLOCK_MONOTONIC in nanoseconds, the clock of
+// bpf_ktime_get_ns.
+func monoNow() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
