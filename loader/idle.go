@@ -29,19 +29,11 @@ func (s *Splicer) watchIdle(p *pair) {
 		return
 	}
 	start := monoNow()
-	var check func()
-	check = func() {
+	check := func() {
 		if p.isClosed() {
 			return
 		}
-		last := start
-		for _, sk := range p.socks {
-			var st wspliceConnStats
-			if err := s.objs.StatsMap.Lookup(sk.cookie, &st); err == nil && int64(st.LastNs) > last {
-				last = int64(st.LastNs)
-			}
-		}
-		idle := time.Duration(monoNow() - last)
+		idle := s.idleFor(p, start)
 		if idle < timeout {
 			p.mu.Lock()
 			if !p.closed {
@@ -61,6 +53,19 @@ func (s *Splicer) watchIdle(p *pair) {
 		p.idle = time.AfterFunc(timeout, check)
 	}
 	p.mu.Unlock()
+}
+
+// idleFor is how long neither socket of p has received a byte (or, if
+// none has since, how long ago start was): two map lookups.
+func (s *Splicer) idleFor(p *pair, start int64) time.Duration {
+	last := start
+	for _, sk := range p.socks {
+		var st wspliceConnStats
+		if err := s.objs.StatsMap.Lookup(sk.cookie, &st); err == nil && int64(st.LastNs) > last {
+			last = int64(st.LastNs)
+		}
+	}
+	return time.Duration(monoNow() - last)
 }
 
 // monoNow reads CLOCK_MONOTONIC in nanoseconds, the clock of
