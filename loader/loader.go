@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -264,3 +265,17 @@ func (s *Splicer) epollLoop() {
 		}
 	}
 }
+
+// OverlapTrimSupported reports whether the running kernel has the kfunc
+// (bpf_cast_to_kern_ctx, 6.2+) the verdict uses to cut the already-seen
+// head of retransmitted segments. Without it the program still loads, but
+// a retransmission overlapping received bytes reaches the peer twice
+// (README, How it works): the "auto" data path avoids the kernel path then.
+var OverlapTrimSupported = sync.OnceValue(func() bool {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return false
+	}
+	var fn *btf.Func
+	return spec.TypeByName("bpf_cast_to_kern_ctx", &fn) == nil
+})

@@ -338,6 +338,14 @@ func newDataplane(mode string, log zerolog.Logger) (dataplane.Dataplane, error) 
 	if mode == "userspace" {
 		return dataplane.NewUserspace(log), nil
 	}
+	if !loader.OverlapTrimSupported() {
+		const why = "kernel lacks bpf_cast_to_kern_ctx (Linux 6.2+): retransmitted segments that overlap received bytes could reach the peer twice on the kernel path"
+		if mode != "sockmap" {
+			log.Warn().Str("reason", why).Msg("sockmap data path not used, using userspace")
+			return dataplane.NewUserspace(log), nil
+		}
+		log.Warn().Str("reason", why).Msg("sockmap data path forced by --dataplane sockmap")
+	}
 	// Pairs the kernel path cannot take (a socket that left ESTABLISHED
 	// before it could enter the map) are served in userspace.
 	s, err := loader.New(log, loader.Options{Fallback: dataplane.NewUserspace(log)})

@@ -23,6 +23,7 @@ func TestEcho(t *testing.T) {
 		d := e.startDaemon(t, dp)
 
 		t.Run("round_trip", func(t *testing.T) {
+			skipUntrimmedKernel(t, dp)
 			ws, _ := d.dialWS(t, "/echo")
 			rng := rand.NewChaCha8([32]byte{1})
 			big := make([]byte, size(t, "WSPLICE_ECHO_BIG", 64<<20, 1<<20))

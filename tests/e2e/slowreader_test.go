@@ -28,6 +28,7 @@ func TestSlowReader(t *testing.T) {
 	stall := time.Duration(size(t, "WSPLICE_STALL_SECONDS", 10, 2)) * time.Second
 	const limit = 64 << 20
 	forEachDataplane(t, func(t *testing.T, dp string) {
+		skipUntrimmedKernel(t, dp)
 		d := e.startDaemon(t, dp)
 		// MemAvailable is machine-wide, and other processes allocate too:
 		// compare medians of samples rather than single readings.

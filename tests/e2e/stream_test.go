@@ -23,6 +23,7 @@ func TestHalfClose(t *testing.T) {
 	e := newEnv(t)
 	n := size(t, "WSPLICE_BULK_BYTES", 64<<20, 4<<20)
 	forEachDataplane(t, func(t *testing.T, dp string) {
+		skipUntrimmedKernel(t, dp)
 		d := e.startDaemon(t, dp)
 		c, br, _ := d.rawUpgrade(t, "/?raw=1", nil)
 		c.SetDeadline(time.Now().Add(60 * time.Second))
@@ -52,6 +53,7 @@ func TestBackendClose(t *testing.T) {
 	e := newEnv(t)
 	n := size(t, "WSPLICE_BULK_BYTES", 64<<20, 4<<20)
 	forEachDataplane(t, func(t *testing.T, dp string) {
+		skipUntrimmedKernel(t, dp)
 		d := e.startDaemon(t, dp)
 		c, br, _ := d.rawUpgrade(t, fmt.Sprintf("/?raw=1&send=%d", n), nil)
 		c.SetDeadline(time.Now().Add(60 * time.Second))
@@ -114,6 +116,7 @@ func TestStatsCountBytes(t *testing.T) {
 		d := e.startDaemon(t, dp)
 
 		t.Run("bulk", func(t *testing.T) {
+			skipUntrimmedKernel(t, dp)
 			c, br, _ := d.rawUpgrade(t, "/?raw=1", nil)
 			c.SetDeadline(time.Now().Add(60 * time.Second))
 			before := d.stats(t)

@@ -32,6 +32,7 @@ func TestStress(t *testing.T) {
 	rand.NewChaCha8(seed(3)).Read(data)
 
 	forEachDataplane(t, func(t *testing.T, dp string) {
+		skipUntrimmedKernel(t, dp)
 		d := e.startDaemon(t, dp)
 		wss := make([]*websocket.Conn, conns)
 		for i := range wss {
