@@ -51,6 +51,9 @@ type pair struct {
 	// before that are kept in pending (per socket) and replayed then.
 	ready   bool
 	pending [2]uint32
+	// done tells the proxy the pair is gone (dataplane.Conn.PairDone of
+	// the client), so it can end the connection's backend lease.
+	done func()
 }
 
 // spliceRcvBuf, when set, caps SO_RCVBUF of spliced sockets. It is 0:
@@ -178,7 +181,7 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	if client.TLS != nil || client.KTLS || backend.TLS != nil || backend.KTLS {
 		return s.spliceFallback(client, backend, toClient)
 	}
-	p := &pair{socks: [2]*sock{cs, bs}}
+	p := &pair{socks: [2]*sock{cs, bs}, done: client.PairDone}
 	cs.peer, bs.peer = bs, cs
 	for _, sk := range p.socks {
 		fd, err := dupFD(sk.conn.TCPConn)
@@ -256,6 +259,9 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	p.ready = true
 	pending := p.pending
 	p.mu.Unlock()
+	// From now on the proxy may close the pair through the client Conn
+	// (a drain deadline); a no-op if it is already gone.
+	client.SetPairCloser(func() { s.closePair(p, false) })
 	// Bytes that arrived before a switch were passed without a notice:
 	// drain them now if there are any; replay held events.
 	for i, sk := range p.socks {

@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/wsplice/wsplice/loader"
+	"github.com/wsplice/wsplice/userspace/backend"
 	"github.com/wsplice/wsplice/userspace/certstore"
 	"github.com/wsplice/wsplice/userspace/dataplane"
 	"github.com/wsplice/wsplice/userspace/proxy"
@@ -80,13 +81,20 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 	fs.Var(&keys, "tls-key", "PEM private key `file` of the --tls-cert at the same position")
 	fs.DurationVar(&o.cfg.TLSHandshakeTimeout, "tls-handshake-timeout", proxy.DefaultTLSHandshakeTimeout, "time allowed for a TLS handshake")
 	fs.StringVar(&o.cfg.KTLS, "ktls", proxy.KTLSAuto, "kernel TLS: auto (TLS 1.3 sessions go to the kernel where it has TLS) or off")
-	fs.Var(&backends, "backend", "backend `host:port`; repeatable")
+	fs.Var(&backends, "backend", "backend `host:port[,weight=N][,max-conns=N][,proxy-protocol=v2]`; repeatable")
+	fs.StringVar(&o.cfg.Balance, "balance", backend.BalanceRoundRobin, "backend `policy`: round-robin (smooth weighted), least-conn, hash-source, hash-header:NAME or hash-cookie:NAME (hashes are consistent: weighted rendezvous)")
+	fs.StringVar(&o.cfg.StickyCookie, "sticky-cookie", "", "cookie `name` that pins a client to a backend: set on responses, honoured on later requests and upgrades (default off)")
+	fs.StringVar(&o.cfg.Health.Check, "health-check", "", "active health `check`: tcp, http:PATH (2xx/3xx) or ws:PATH (WebSocket handshake); default: passive only (connect failures)")
+	fs.DurationVar(&o.cfg.Health.Interval, "health-interval", backend.DefaultHealthInterval, "time between health checks of a backend")
+	fs.DurationVar(&o.cfg.Health.Timeout, "health-timeout", backend.DefaultHealthTimeout, "time allowed for one health check")
+	fs.IntVar(&o.cfg.Health.Rise, "health-rise", backend.DefaultHealthRise, "passed checks in a row that bring a down backend up")
+	fs.IntVar(&o.cfg.Health.Fall, "health-fall", backend.DefaultHealthFall, "failed checks or connects in a row that take a backend down")
 	fs.StringVar(&o.dataplane, "dataplane", "auto", "data path: auto, sockmap or userspace")
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or console")
 	fs.DurationVar(&o.cfg.HeaderTimeout, "header-timeout", proxy.DefaultHeaderTimeout, "time allowed to send a request head, and keep-alive idle time")
 	fs.IntVar(&o.cfg.MaxHeaderBytes, "max-header-bytes", proxy.DefaultMaxHeaderBytes, "largest request head accepted (larger get 431)")
-	fs.StringVar(&o.cfg.Admin, "admin", "", "`address` of the admin HTTP server with /debug/stats (default off)")
+	fs.StringVar(&o.cfg.Admin, "admin", "", "`address` of the admin HTTP server with /debug/stats and /backends (GET, POST, DELETE /backends/ADDR, POST /backends/ADDR/drain, PUT /backends/ADDR/weight) (default off)")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stdout, "Usage: wsplice [flags]\n\nwsplice is a WebSocket load balancer: it runs the HTTP/1.1 Upgrade handshake\nwith a backend, then splices client and backend in the kernel (sockmap) or in\nuserspace. Plain HTTP requests are reverse-proxied.\n\nFlags:\n")
@@ -136,6 +144,9 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 	}
 	if o.cfg.TLSHandshakeTimeout <= 0 {
 		return nil, false, usageError{fmt.Errorf("invalid --tls-handshake-timeout %v: must be positive", o.cfg.TLSHandshakeTimeout)}
+	}
+	if o.cfg.Health.Interval <= 0 || o.cfg.Health.Timeout <= 0 || o.cfg.Health.Rise <= 0 || o.cfg.Health.Fall <= 0 {
+		return nil, false, usageError{errors.New("--health-interval, --health-timeout, --health-rise and --health-fall must be positive")}
 	}
 	if err := o.cfg.Validate(); err != nil {
 		return nil, false, usageError{err}

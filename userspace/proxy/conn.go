@@ -177,7 +177,7 @@ func (cc *clientConn) lingerClose() {
 func (p *Proxy) dialBackend(cc *clientConn, addr string) (*dataplane.Conn, error) {
 	c, err := p.dialer.DialContext(p.force, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("dial backend %s: %w", addr, err)
+		return nil, &connectError{fmt.Errorf("dial backend %s: %w", addr, err)}
 	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {

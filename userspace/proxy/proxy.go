@@ -100,7 +100,7 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	pool, err := backend.NewPool(cfg.Backends, nil)
+	pool, err := newPool(cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("backend pool: %w", err)
 	}
@@ -116,7 +116,7 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 	p.readers.New = func() any { return bufio.NewReaderSize(nil, cfg.MaxHeaderBytes) }
 	p.writers.New = func() any { return bufio.NewWriterSize(nil, 4096) }
 	p.transport = &http.Transport{
-		DialContext:            p.dialer.DialContext,
+		DialContext:            p.dialPlain,
 		MaxIdleConns:           256,
 		MaxIdleConnsPerHost:    64,
 		IdleConnTimeout:        90 * time.Second,
@@ -260,11 +260,12 @@ func (p *Proxy) Serve(ctx context.Context) error {
 			}
 		}()
 	}
+	p.pool.Start()
 	for i, ln := range p.lns {
 		p.wg.Add(1)
 		go p.acceptLoop(ln, p.kinds[i])
 	}
-	ev := p.log.Info().Strs("listeners", listeners).Strs("backends", p.cfg.Backends).Str("dataplane", p.dp.Name())
+	ev := p.log.Info().Strs("listeners", listeners).Strs("backends", p.cfg.Backends).Str("balance", balanceName(p.cfg.Balance)).Str("dataplane", p.dp.Name())
 	if len(tlsListeners) > 0 {
 		ev = ev.Strs("tls_listeners", tlsListeners)
 	}
@@ -337,6 +338,7 @@ func (p *Proxy) shutdown(adminSrv *http.Server) {
 	}
 	p.forceCancel()
 	p.transport.CloseIdleConnections()
+	p.pool.Close()
 }
 
 // closeConns closes the client connections waiting for a request (idle) or
@@ -454,6 +456,7 @@ func (p *Proxy) Stats() Stats {
 
 func (p *Proxy) adminHandler() http.Handler {
 	mux := http.NewServeMux()
+	p.backendRoutes(mux)
 	mux.HandleFunc("GET /debug/stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
