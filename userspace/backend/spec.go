@@ -51,6 +51,9 @@ func ParseSpec(s string) (Spec, error) {
 			if err != nil {
 				return Spec{}, fmt.Errorf("%w %q: weight %q: %w", ErrInvalidSpec, s, v, err)
 			}
+			if n < 1 {
+				return Spec{}, fmt.Errorf("%w %q: weight %d: must be between 1 and %d", ErrInvalidSpec, s, n, MaxWeight)
+			}
 			sp.Weight = n
 		case "max-conns":
 			n, err := strconv.Atoi(v)
