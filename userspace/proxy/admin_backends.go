@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -131,10 +132,21 @@ func (p *Proxy) backendStatus(addr string) any {
 	return map[string]string{"addr": addr}
 }
 
-// formValue is a query or form parameter.
+// formValue is a query or form parameter; a body of NAME=VALUE pairs
+// counts as a form whatever its Content-Type (curl -d, scripts).
 func formValue(r *http.Request, name string) string {
-	r.Body = http.MaxBytesReader(nil, r.Body, maxAdminBody)
-	return r.FormValue(name)
+	if v := r.URL.Query().Get(name); v != "" {
+		return v
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody))
+	if err != nil {
+		return ""
+	}
+	q, err := url.ParseQuery(strings.TrimSpace(string(body)))
+	if err != nil {
+		return ""
+	}
+	return q.Get(name)
 }
 
 func statusOf(err error) int {

@@ -223,7 +223,7 @@ func TestAdminBackends(t *testing.T) {
 	}
 	// Drain a with a deadline: no new connections, and its spliced
 	// connection is closed at the deadline; b's stays.
-	do("POST", "/backends/"+a+"/drain?deadline=100ms", "", 200)
+	do("POST", "/backends/"+a+"/drain", "deadline=100ms", 200) // a form body without Content-Type
 	if st := list(); st[0].State != "draining" {
 		t.Fatalf("state %q", st[0].State)
 	}
