@@ -191,7 +191,7 @@ func TestPoolLeastConn(t *testing.T) {
 	e := newEnv(t)
 	e.startEcho(t, e.topo.Backend1, backend3Addr, "backend3")
 	e.startEcho(t, e.topo.Backend2, backend4Addr, "backend4")
-	const n = 1000
+	n := int(size(t, "WSPLICE_POOL_CONNS", 1000, 200))
 	forEachDataplane(t, func(t *testing.T, dp string) {
 		d := e.startDaemonBackends(t, dp, []string{backend1Addr, backend2Addr, backend3Addr, backend4Addr}, "--balance", "least-conn")
 		// Some connections first, closed again: least-conn must count
@@ -213,7 +213,7 @@ func TestPoolLeastConn(t *testing.T) {
 		}
 		d.waitBackends(t, 10*time.Second, "250 active connections on each backend", func(m map[string]backendStatus) bool {
 			for _, a := range []string{backend1Addr, backend2Addr, backend3Addr, backend4Addr} {
-				if m[a].ActiveConns < n/4-10 || m[a].ActiveConns > n/4+10 {
+				if m[a].ActiveConns < int64(n/4-10) || m[a].ActiveConns > int64(n/4+10) {
 					return false
 				}
 			}
@@ -319,7 +319,7 @@ func TestPoolBackendKilled(t *testing.T) {
 func TestPoolDrainRemove(t *testing.T) {
 	e := newEnv(t)
 	e.startEcho(t, e.topo.Backend1, backend3Addr, "backend3")
-	const n = 1000
+	n := int(size(t, "WSPLICE_POOL_CONNS", 1000, 200))
 	forEachDataplane(t, func(t *testing.T, dp string) {
 		d := e.startDaemon(t, dp, "--health-check", "ws:/health", "--health-interval", "500ms")
 		d.adminDo(t, "POST", "/backends", `{"addr":"`+backend3Addr+`","weight":1}`, 201)

@@ -42,7 +42,10 @@ type Pool struct {
 
 	mu       sync.RWMutex
 	backends []*Backend // in the order added
-	started  bool
+	// gone holds removed backends whose drain deadline is still pending,
+	// so that Close can stop it.
+	gone    []*Backend
+	started bool
 	closed   bool
 	wg       sync.WaitGroup
 }
@@ -95,6 +98,13 @@ func (p *Pool) Close() {
 	for _, b := range p.backends {
 		b.mu.Lock()
 		close(b.stop)
+		if b.drainT != nil {
+			b.drainT.Stop()
+		}
+		b.mu.Unlock()
+	}
+	for _, b := range p.gone {
+		b.mu.Lock()
 		if b.drainT != nil {
 			b.drainT.Stop()
 		}
@@ -248,6 +258,14 @@ func (p *Pool) Remove(addr string) error {
 	b.removed = true
 	if !p.closed {
 		close(b.stop)
+	}
+	if b.drainT != nil {
+		p.gone = slices.DeleteFunc(p.gone, func(g *Backend) bool {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			return g.drainT == nil || g.Active() == 0
+		})
+		p.gone = append(p.gone, b)
 	}
 	b.mu.Unlock()
 	p.mu.Unlock()
