@@ -36,10 +36,10 @@ func pick(t *testing.T, p *Pool, req *Request) string {
 
 func TestParseSpec(t *testing.T) {
 	for in, want := range map[string]Spec{
-		"a:1":                             {Addr: "a:1", Weight: 1},
-		"a:1,weight=5":                    {Addr: "a:1", Weight: 5},
-		" 10.0.0.1:80 , max-conns=7 ":     {Addr: "10.0.0.1:80", Weight: 1, MaxConns: 7},
-		"[::1]:80,proxy-protocol=v2":      {Addr: "[::1]:80", Weight: 1, ProxyProtocol: 2},
+		"a:1":                         {Addr: "a:1", Weight: 1},
+		"a:1,weight=5":                {Addr: "a:1", Weight: 5},
+		" 10.0.0.1:80 , max-conns=7 ": {Addr: "10.0.0.1:80", Weight: 1, MaxConns: 7},
+		"[::1]:80,proxy-protocol=v2":  {Addr: "[::1]:80", Weight: 1, ProxyProtocol: 2},
 		"h:9,proxy-protocol=v2,weight=3,max-conns=100": {Addr: "h:9", Weight: 3, MaxConns: 100, ProxyProtocol: 2},
 	} {
 		got, err := ParseSpec(in)

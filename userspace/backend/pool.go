@@ -46,8 +46,8 @@ type Pool struct {
 	// so that Close can stop it.
 	gone    []*Backend
 	started bool
-	closed   bool
-	wg       sync.WaitGroup
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 // NewPool builds a pool of specs (each checked with Spec.Check). An empty

@@ -195,4 +195,3 @@ func remoteIP(a net.Addr) string {
 	}
 	return host
 }
-
