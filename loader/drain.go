@@ -462,6 +462,9 @@ func (s *Splicer) releasePair(p *pair) {
 		s.forget(sk.cookie)
 	}
 	s.spliced.Add(-1)
+	if p.done != nil {
+		p.done()
+	}
 }
 
 func (p *pair) isClosed() bool {

@@ -57,6 +57,9 @@ type pair struct {
 	meter *dataplane.Meter
 	// idle closes the pair after its idle timeout (watchIdle).
 	idle *time.Timer
+	// done tells the proxy the pair is gone (dataplane.Conn.PairDone of
+	// the client), so it can end the connection's backend lease.
+	done func()
 }
 
 // spliceRcvBuf, when set, caps SO_RCVBUF of spliced sockets. It is 0:
@@ -185,7 +188,7 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	if client.TLS != nil || client.KTLS || backend.TLS != nil || backend.KTLS {
 		return s.spliceFallback(client, backend, toClient)
 	}
-	p := &pair{socks: [2]*sock{cs, bs}, meter: client.Meter}
+	p := &pair{socks: [2]*sock{cs, bs}, meter: client.Meter, done: client.PairDone}
 	p.meter.SetPath(s.Name())
 	cs.peer, bs.peer = bs, cs
 	for _, sk := range p.socks {
@@ -269,6 +272,9 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	pending := p.pending
 	p.mu.Unlock()
 	s.watchIdle(p)
+	// From now on the proxy may close the pair through the client Conn
+	// (a drain deadline); a no-op if it is already gone.
+	client.SetPairCloser(func() { s.closePair(p, false) })
 	// Bytes that arrived before a switch were passed without a notice:
 	// drain them now if there are any; replay held events.
 	for i, sk := range p.socks {

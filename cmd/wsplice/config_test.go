@@ -44,14 +44,11 @@ log-level debug
 		t.Fatal(err, help)
 	}
 	c := o.cfg
-	if !slices.Equal(c.Backends, []string{"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"}) {
+	if !slices.Equal(c.Backends, []string{"10.0.0.1:80", "10.0.0.2:80,proxy-protocol=v2", "10.0.0.3:80"}) {
 		t.Errorf("backends %v", c.Backends)
 	}
 	if c.MaxConns != 7 || c.MaxConnRate != 100 || !c.TCPKeepAliveOff || c.DrainTimeout != 2*time.Second || o.logLevel != zerolog.DebugLevel {
 		t.Errorf("config %+v level %v", c, o.logLevel)
-	}
-	if c.ProxyProtocolBackends["10.0.0.2:80"] != 2 || len(c.ProxyProtocolBackends) != 1 {
-		t.Errorf("proxy protocol backends %v", c.ProxyProtocolBackends)
 	}
 	if !slices.Equal(c.Listen, []string{"127.0.0.1:0"}) || o.config != path {
 		t.Errorf("listen %v config %q", c.Listen, o.config)
@@ -75,7 +72,7 @@ func TestConfigFileBadLines(t *testing.T) {
 		"unknown":     {"# x\nno-such-flag 1\n", "bad.conf:2"},
 		"not a flag":  {"listen :0\n\"oops\"\n", "bad.conf:2"},
 		"nested":      {"config other.conf\n", "bad.conf:1"},
-		"bad backend": {"backend 10.0.0.1:80,weight=x\n", "unknown option"},
+		"bad backend": {"listen :0\nbackend 10.0.0.1:80,weight=x\n", "bad.conf:2"},
 		"validate":    {"backend no-port\n", "no-port"},
 	} {
 		t.Run(name, func(t *testing.T) {

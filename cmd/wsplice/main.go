@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/wsplice/wsplice/loader"
+	"github.com/wsplice/wsplice/userspace/backend"
 	"github.com/wsplice/wsplice/userspace/certstore"
 	"github.com/wsplice/wsplice/userspace/dataplane"
 	"github.com/wsplice/wsplice/userspace/flagfile"
@@ -58,6 +59,17 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
+// backendFlag is the repeatable --backend: each value is checked as it is
+// set, so a bad one in a --config file is reported with its line.
+type backendFlag struct{ listFlag }
+
+func (b *backendFlag) Set(v string) error {
+	if _, err := backend.ParseSpec(v); err != nil {
+		return err
+	}
+	return b.listFlag.Set(v)
+}
+
 // options is the parsed command line.
 type options struct {
 	cfg       proxy.Config
@@ -71,9 +83,10 @@ type options struct {
 
 // flagSet declares every flag into o and the raw values it fills.
 type rawFlags struct {
-	listen, backends, listenTLS, listenTCP, listenTCPTLS, certs, keys listFlag
-	level                                                             string
-	keepAlive                                                         bool
+	listen, listenTLS, listenTCP, listenTCPTLS, certs, keys listFlag
+	backends                                                backendFlag
+	level                                                   string
+	keepAlive                                               bool
 }
 
 func newFlagSet(o *options, r *rawFlags, stdout io.Writer) *flag.FlagSet {
@@ -88,13 +101,20 @@ func newFlagSet(o *options, r *rawFlags, stdout io.Writer) *flag.FlagSet {
 	fs.Var(&r.keys, "tls-key", "PEM private key `file` of the --tls-cert at the same position")
 	fs.DurationVar(&o.cfg.TLSHandshakeTimeout, "tls-handshake-timeout", proxy.DefaultTLSHandshakeTimeout, "time allowed for a TLS handshake")
 	fs.StringVar(&o.cfg.KTLS, "ktls", proxy.KTLSAuto, "kernel TLS: auto (TLS 1.3 sessions go to the kernel where it has TLS) or off")
-	fs.Var(&r.backends, "backend", "backend `host:port[,proxy-protocol=v2]`; repeatable; proxy-protocol=v2 sends it a PROXY v2 header on L4 listeners")
+	fs.Var(&r.backends, "backend", "backend `host:port[,weight=N][,max-conns=N][,proxy-protocol=v2]`; repeatable")
+	fs.StringVar(&o.cfg.Balance, "balance", backend.BalanceRoundRobin, "backend `policy`: round-robin (smooth weighted), least-conn, hash-source, hash-header:NAME or hash-cookie:NAME (hashes are consistent: weighted rendezvous)")
+	fs.StringVar(&o.cfg.StickyCookie, "sticky-cookie", "", "cookie `name` that pins a client to a backend: set on responses, honoured on later requests and upgrades (default off)")
+	fs.StringVar(&o.cfg.Health.Check, "health-check", "", "active health `check`: tcp, http:PATH (2xx/3xx) or ws:PATH (WebSocket handshake); default: passive only (connect failures)")
+	fs.DurationVar(&o.cfg.Health.Interval, "health-interval", backend.DefaultHealthInterval, "time between health checks of a backend")
+	fs.DurationVar(&o.cfg.Health.Timeout, "health-timeout", backend.DefaultHealthTimeout, "time allowed for one health check")
+	fs.IntVar(&o.cfg.Health.Rise, "health-rise", backend.DefaultHealthRise, "passed checks in a row that bring a down backend up")
+	fs.IntVar(&o.cfg.Health.Fall, "health-fall", backend.DefaultHealthFall, "failed checks or connects in a row that take a backend down")
 	fs.StringVar(&o.dataplane, "dataplane", "auto", "data path: auto, sockmap or userspace")
 	fs.StringVar(&r.level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or console")
 	fs.DurationVar(&o.cfg.HeaderTimeout, "header-timeout", proxy.DefaultHeaderTimeout, "time allowed to send a request head, and keep-alive idle time")
 	fs.IntVar(&o.cfg.MaxHeaderBytes, "max-header-bytes", proxy.DefaultMaxHeaderBytes, "largest request head accepted (larger get 431)")
-	fs.StringVar(&o.cfg.Admin, "admin", "", "`address` of the admin HTTP server with /metrics and /debug/stats (default off)")
+	fs.StringVar(&o.cfg.Admin, "admin", "", "`address` of the admin HTTP server with /metrics, /debug/stats and /backends (GET, POST, DELETE /backends/ADDR, POST /backends/ADDR/drain, PUT /backends/ADDR/weight) (default off)")
 	fs.IntVar(&o.cfg.MaxConns, "max-conns", 0, "most live client connections (0: no limit); past it HTTP clients get 503, L4 connections are closed")
 	fs.IntVar(&o.cfg.MaxConnRate, "max-conn-rate", 0, "most new client connections per second, burst of one second's worth (0: no limit); past it 503")
 	fs.IntVar(&o.cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "most live client connections from one source address (0: no limit)")
@@ -186,19 +206,7 @@ func finishOptions(o *options, r *rawFlags) (*options, bool, error) {
 	}
 	o.cfg.TCPKeepAliveOff = !r.keepAlive
 	o.cfg.Listen = r.listen
-	for _, spec := range r.backends {
-		addr, pp, err := parseBackend(spec)
-		if err != nil {
-			return nil, false, usageError{err}
-		}
-		o.cfg.Backends = append(o.cfg.Backends, addr)
-		if pp != 0 {
-			if o.cfg.ProxyProtocolBackends == nil {
-				o.cfg.ProxyProtocolBackends = map[string]int{}
-			}
-			o.cfg.ProxyProtocolBackends[addr] = pp
-		}
-	}
+	o.cfg.Backends = r.backends.listFlag
 	o.cfg.TLSListen, o.cfg.TCPListen, o.cfg.TCPTLSListen = r.listenTLS, r.listenTCP, r.listenTCPTLS
 	if len(r.certs) != len(r.keys) {
 		return nil, false, usageError{fmt.Errorf("%d --tls-cert but %d --tls-key: give them in pairs", len(r.certs), len(r.keys))}
@@ -209,31 +217,13 @@ func finishOptions(o *options, r *rawFlags) (*options, bool, error) {
 	if o.cfg.TLSHandshakeTimeout <= 0 {
 		return nil, false, usageError{fmt.Errorf("invalid --tls-handshake-timeout %v: must be positive", o.cfg.TLSHandshakeTimeout)}
 	}
+	if o.cfg.Health.Interval <= 0 || o.cfg.Health.Timeout <= 0 || o.cfg.Health.Rise <= 0 || o.cfg.Health.Fall <= 0 {
+		return nil, false, usageError{errors.New("--health-interval, --health-timeout, --health-rise and --health-fall must be positive")}
+	}
 	if err := o.cfg.Validate(); err != nil {
 		return nil, false, usageError{err}
 	}
 	return o, false, nil
-}
-
-// parseBackend splits "host:port[,proxy-protocol=v2]".
-//
-// TODO(issue 4): the pool's backend spec parser takes this over at merge.
-func parseBackend(spec string) (string, int, error) {
-	addr, opts, _ := strings.Cut(spec, ",")
-	pp := 0
-	for opts != "" {
-		var opt string
-		opt, opts, _ = strings.Cut(opts, ",")
-		switch opt {
-		case "proxy-protocol=v2":
-			pp = 2
-		case "proxy-protocol=none":
-			pp = 0
-		default:
-			return "", 0, fmt.Errorf("invalid --backend %q: unknown option %q (want proxy-protocol=v2)", spec, opt)
-		}
-	}
-	return addr, pp, nil
 }
 
 func newLogger(o *options, stderr io.Writer) zerolog.Logger {

@@ -35,7 +35,8 @@ func TestHelp(t *testing.T) {
 	if code := exitCode(err, &stderr); code != 0 {
 		t.Fatalf("exit code %d, err %v", code, err)
 	}
-	for _, flag := range []string{"-listen", "-listen-tls", "-listen-tcp", "-listen-tcp-tls", "-tls-cert", "-tls-key", "-tls-handshake-timeout", "-ktls", "-backend", "-dataplane", "-log-level", "-log-format", "-header-timeout", "-max-header-bytes", "-admin", "-version", "-config", "-max-conns", "-max-conn-rate", "-max-conns-per-ip", "-max-conn-rate-per-ip", "-tcp-keepalive", "-drain-timeout", "/metrics", "Usage: wsplice"} {
+	for _, flag := range []string{"-listen", "-listen-tls", "-listen-tcp", "-listen-tcp-tls", "-tls-cert", "-tls-key", "-tls-handshake-timeout", "-ktls", "-backend", "-dataplane", "-log-level", "-log-format", "-header-timeout", "-max-header-bytes", "-admin", "-version", "-config", "-max-conns", "-max-conn-rate", "-max-conns-per-ip", "-max-conn-rate-per-ip", "-tcp-keepalive", "-drain-timeout", "/metrics", "Usage: wsplice",
+		"-balance", "-sticky-cookie", "-health-check", "-health-interval", "-health-timeout", "-health-rise", "-health-fall", "weight=N", "/backends"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("help lacks %q:\n%s", flag, stdout.String())
 		}
@@ -75,6 +76,20 @@ func TestBadFlags(t *testing.T) {
 		{"--listen-tls", ":0", "--tls-cert", "a.crt", "--tls-key", "a.key", "--tls-handshake-timeout", "0s"},
 		{"--listen-tls", ":0", "--tls-cert", "a.crt", "--tls-key", "a.key", "--ktls", "on"},
 		{"--listen-tcp", "nope"},
+		{"--backend", "h:1,weight=0"},
+		{"--backend", "h:1,weight=x"},
+		{"--backend", "h:1,max-conns=-1"},
+		{"--backend", "h:1,proxy-protocol=v1"},
+		{"--backend", "h:1,color=red"},
+		{"--backend", "h:1", "--backend", "h:1,weight=2"},
+		{"--balance", "random"},
+		{"--balance", "hash-header:"},
+		{"--sticky-cookie", "a b"},
+		{"--health-check", "udp"},
+		{"--health-check", "http:nopath"},
+		{"--health-interval", "0s"},
+		{"--health-fall", "0"},
+		{"--health-rise", "-1"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

@@ -28,4 +28,5 @@
 //	WSPLICE_STALL_SECONDS            how long that client reads nothing (10)
 //	WSPLICE_NODE_MESSAGES            messages of TestNodeClient and TestTLSNodeClient (2000)
 //	WSPLICE_TLS_MESSAGES             messages of TestTLSEcho per listener (400)
+//	WSPLICE_POOL_CONNS               connections of TestPoolLeastConn and TestPoolDrainRemove (1000)
 package e2e

@@ -2,96 +2,85 @@ package backend
 
 import (
 	"errors"
-	"sync"
 	"testing"
 )
 
-func TestRoundRobin(t *testing.T) {
-	p, err := NewPool([]string{"a:1", "b:2", "c:3"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for range 6 {
-		b, err := p.Next()
+func mustPool(t *testing.T, specs []string, policy Policy) *Pool {
+	t.Helper()
+	var ss []Spec
+	for _, s := range specs {
+		sp, err := ParseSpec(s)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got = append(got, b.Addr)
+		ss = append(ss, sp)
 	}
-	want := []string{"a:1", "b:2", "c:3", "a:1", "b:2", "c:3"}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("picks = %v, want %v", got, want)
-		}
+	p, err := NewPool(ss, Options{Policy: policy})
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(p.Close)
+	return p
 }
 
-func TestRoundRobinConcurrentIsFair(t *testing.T) {
-	p, _ := NewPool([]string{"a:1", "b:2"}, nil)
-	var mu sync.Mutex
-	counts := map[string]int{}
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for range 1000 {
-				b, _ := p.Next()
-				mu.Lock()
-				counts[b.Addr]++
-				mu.Unlock()
-			}
-		})
+// pick acquires and releases at once, returning the address.
+func pick(t *testing.T, p *Pool, req *Request) string {
+	t.Helper()
+	l, err := p.Acquire(req, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	wg.Wait()
-	if counts["a:1"] != 4000 || counts["b:2"] != 4000 {
-		t.Errorf("counts = %v", counts)
+	l.Release()
+	return l.Backend().Addr()
+}
+
+func TestParseSpec(t *testing.T) {
+	for in, want := range map[string]Spec{
+		"a:1":                         {Addr: "a:1", Weight: 1},
+		"a:1,weight=5":                {Addr: "a:1", Weight: 5},
+		" 10.0.0.1:80 , max-conns=7 ": {Addr: "10.0.0.1:80", Weight: 1, MaxConns: 7},
+		"[::1]:80,proxy-protocol=v2":  {Addr: "[::1]:80", Weight: 1, ProxyProtocol: 2},
+		"h:9,proxy-protocol=v2,weight=3,max-conns=100": {Addr: "h:9", Weight: 3, MaxConns: 100, ProxyProtocol: 2},
+	} {
+		got, err := ParseSpec(in)
+		if err != nil || got != want {
+			t.Errorf("ParseSpec(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
+		if again, err := ParseSpec(got.String()); err != nil || again != got {
+			t.Errorf("ParseSpec(%q.String() = %q) = %+v, %v", in, got.String(), again, err)
+		}
+	}
+	for _, in := range []string{"", "nohost", ":80", "h:0", "h:70000", "h:http", "h:1,weight=0", "h:1,weight=-2",
+		"h:1,weight=10001", "h:1,weight=x", "h:1,max-conns=-1", "h:1,proxy-protocol=v1", "h:1,foo=1", "h:1,weight",
+		"h:1,weight=1,weight=2"} {
+		if _, err := ParseSpec(in); !errors.Is(err, ErrInvalidSpec) {
+			t.Errorf("ParseSpec(%q) err = %v, want ErrInvalidSpec", in, err)
+		}
 	}
 }
 
 func TestEmptyPool(t *testing.T) {
-	p, err := NewPool(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Next(); !errors.Is(err, ErrNoBackend) {
+	p := mustPool(t, nil, nil)
+	if _, err := p.Acquire(nil, nil); !errors.Is(err, ErrNoBackend) {
 		t.Errorf("err = %v, want ErrNoBackend", err)
 	}
 }
 
-func TestBadAddr(t *testing.T) {
-	for _, a := range []string{"nohost", ":80", "h:0", "h:70000", "h:http"} {
-		if _, err := NewPool([]string{a}, nil); err == nil {
-			t.Errorf("%q accepted", a)
-		}
+func TestDuplicateBackend(t *testing.T) {
+	if _, err := NewPool([]Spec{{Addr: "a:1"}, {Addr: "a:1", Weight: 2}}, Options{}); err == nil {
+		t.Error("duplicate accepted")
 	}
 }
 
-func TestSetBackends(t *testing.T) {
-	p, err := NewPool([]string{"10.0.0.1:80"}, nil)
-	if err != nil {
-		t.Fatal(err)
+func TestParsePolicy(t *testing.T) {
+	for _, ok := range []string{"", "round-robin", "least-conn", "hash-source", "hash-header:X-User", "hash-cookie:sid"} {
+		if _, err := ParsePolicy(ok); err != nil {
+			t.Errorf("ParsePolicy(%q): %v", ok, err)
+		}
 	}
-	if err := p.SetBackends([]string{"10.0.0.2:80", "bad"}); err == nil {
-		t.Fatal("bad address accepted")
-	}
-	if b, _ := p.Next(); b.Addr != "10.0.0.1:80" {
-		t.Fatalf("pool changed by a refused SetBackends: %s", b.Addr)
-	}
-	if err := p.SetBackends([]string{"10.0.0.2:80", "10.0.0.3:80"}); err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]bool{}
-	for range 4 {
-		b, _ := p.Next()
-		seen[b.Addr] = true
-	}
-	if len(seen) != 2 || !seen["10.0.0.2:80"] || !seen["10.0.0.3:80"] {
-		t.Fatalf("after SetBackends picked %v", seen)
-	}
-	if err := p.SetBackends(nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Next(); err != ErrNoBackend {
-		t.Fatalf("empty pool: %v", err)
+	for _, bad := range []string{"random", "hash-header:", "hash-cookie:", "hash-header:a b", "hash-cookie:a;b", "least"} {
+		if _, err := ParsePolicy(bad); err == nil {
+			t.Errorf("ParsePolicy(%q) accepted", bad)
+		}
 	}
 }

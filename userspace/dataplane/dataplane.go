@@ -10,12 +10,13 @@
 package dataplane
 
 import (
-	"time"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // ErrClosed is returned by Adopt and Splice once the data path is shutting down.
@@ -102,6 +103,63 @@ type Conn struct {
 	// Meter, set on a client Conn before Splice, follows the pair for
 	// metrics (see Meter); nil: not followed.
 	Meter *Meter
+
+	// hooks tie a spliced pair to the proxy's bookkeeping (backend
+	// leases, drain deadlines); see OnPairDone and ClosePair.
+	hooks pairHooks
+}
+
+// pairHooks are a client Conn's links to its spliced pair.
+type pairHooks struct {
+	mu     sync.Mutex
+	done   func() // run once when the pair is closed
+	closer func() // closes the pair (set by the data plane in Splice)
+	ended  bool
+}
+
+// OnPairDone sets f to run once, from the data plane, when the pair this
+// client Conn is spliced into has closed (both sockets). The proxy sets it
+// before Splice; if Splice fails, f may or may not have run, so f must be
+// safe to call twice.
+func (c *Conn) OnPairDone(f func()) {
+	c.hooks.mu.Lock()
+	c.hooks.done = f
+	c.hooks.mu.Unlock()
+}
+
+// SetPairCloser is called by a data plane in Splice, on the client Conn,
+// with a function that closes the pair (both sockets, from any goroutine).
+func (c *Conn) SetPairCloser(f func()) {
+	c.hooks.mu.Lock()
+	if !c.hooks.ended {
+		c.hooks.closer = f
+	}
+	c.hooks.mu.Unlock()
+}
+
+// PairDone is called by a data plane, on the client Conn, once the pair is
+// closed: it runs the OnPairDone function (once) and forgets the closer.
+func (c *Conn) PairDone() {
+	c.hooks.mu.Lock()
+	f := c.hooks.done
+	c.hooks.done, c.hooks.closer, c.hooks.ended = nil, nil, true
+	c.hooks.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+// ClosePair closes the spliced pair this client Conn belongs to and
+// reports whether there was one; the data plane then calls PairDone.
+func (c *Conn) ClosePair() bool {
+	c.hooks.mu.Lock()
+	f := c.hooks.closer
+	c.hooks.mu.Unlock()
+	if f == nil {
+		return false
+	}
+	f()
+	return true
 }
 
 // NewConn wraps c with zero counts.

@@ -153,6 +153,7 @@ func (u *Userspace) Splice(client, backend *Conn, toClient []byte) error {
 	u.pairs[p] = struct{}{}
 	u.wg.Add(2)
 	u.mu.Unlock()
+	client.SetPairCloser(p.closeBoth)
 	u.spliced.Add(1)
 	u.splicedTotal.Add(1)
 	_ = client.SetReadBuffer(spliceReadBuffer)
@@ -310,6 +311,7 @@ func (u *Userspace) finish(p *pair, dst *Conn, err error, total int64, dir strin
 		u.mu.Unlock()
 		u.spliced.Add(-1)
 		p.meter.Done()
+		p.client.PairDone()
 	}
 }
 

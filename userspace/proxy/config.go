@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/wsplice/wsplice/userspace/backend"
@@ -68,9 +69,21 @@ type Config struct {
 	// KTLS is KTLSAuto (kernel TLS where the kernel has it; the default)
 	// or KTLSOff (Go's crypto/tls carries every record).
 	KTLS string
-	// Backends holds "host:port" of each backend. Empty is allowed:
-	// every request is then answered 503.
+	// Backends holds each backend as "host:port[,weight=N][,max-conns=N]
+	// [,proxy-protocol=v2]" (backend.ParseSpec). Empty is allowed: every
+	// request is then answered 503 (backends may be added at runtime).
 	Backends []string
+	// Balance is the backend selection policy (backend.ParsePolicy):
+	// round-robin (the default), least-conn, hash-source,
+	// hash-header:NAME or hash-cookie:NAME.
+	Balance string
+	// StickyCookie, if set, names a cookie that pins a client to a
+	// backend: set on plain HTTP responses (and on the 101), honoured on
+	// later requests and upgrades while that backend is available.
+	StickyCookie string
+	// Health configures active health checks and the rise and fall
+	// counts of passive marking; zero fields take backend's defaults.
+	Health backend.HealthConfig
 	// HeaderTimeout bounds reading each request head, and how long a
 	// keep-alive connection may sit idle.
 	HeaderTimeout time.Duration
@@ -108,13 +121,6 @@ type Config struct {
 	// sockets (on by default: KeepAliveIdle, KeepAliveInterval,
 	// KeepAliveCount).
 	TCPKeepAliveOff bool
-	// ProxyProtocolBackends maps a backend's "host:port" to the PROXY
-	// protocol version written to it before the client's first byte on
-	// L4 listeners (2; absent or 0: none).
-	//
-	// TODO(issue 4): temporary home, to be folded into the backend spec
-	// (backend.Spec.ProxyProtocol) when the pool's rework is merged.
-	ProxyProtocolBackends map[string]int
 }
 
 // limits returns the limiter's configuration.
@@ -175,10 +181,25 @@ func (c *Config) Validate() error {
 	if c.KTLS != KTLSAuto && c.KTLS != KTLSOff {
 		errs = append(errs, fmt.Errorf("kernel TLS mode %q: want %s or %s", c.KTLS, KTLSAuto, KTLSOff))
 	}
+	seen := map[string]bool{}
 	for _, b := range c.Backends {
-		if err := backend.CheckAddr(b); err != nil {
+		sp, err := backend.ParseSpec(b)
+		switch {
+		case err != nil:
 			errs = append(errs, err)
+		case seen[sp.Addr]:
+			errs = append(errs, fmt.Errorf("backend %s given twice", sp.Addr))
 		}
+		seen[sp.Addr] = true
+	}
+	if _, err := backend.ParsePolicy(c.Balance); err != nil {
+		errs = append(errs, err)
+	}
+	if c.StickyCookie != "" && !validCookieName(c.StickyCookie) {
+		errs = append(errs, fmt.Errorf("sticky cookie name %q: not a valid cookie name", c.StickyCookie))
+	}
+	if err := c.Health.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.HeaderTimeout < 0 {
 		errs = append(errs, fmt.Errorf("header timeout %v: must be positive", c.HeaderTimeout))
@@ -204,11 +225,6 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %d: must not be negative", name, v))
 		}
 	}
-	for b, v := range c.ProxyProtocolBackends {
-		if v != 0 && v != 2 {
-			errs = append(errs, fmt.Errorf("backend %s: PROXY protocol version %d: only 2 is supported", b, v))
-		}
-	}
 	if c.Admin != "" {
 		if _, _, err := net.SplitHostPort(c.Admin); err != nil {
 			errs = append(errs, fmt.Errorf("admin address %q: %w", c.Admin, err))
@@ -218,4 +234,18 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(errs...))
 	}
 	return nil
+}
+
+// validCookieName reports whether s is an RFC 6265 cookie-name (a token).
+func validCookieName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
 }

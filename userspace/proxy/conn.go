@@ -192,7 +192,7 @@ func (cc *clientConn) lingerClose() {
 func (p *Proxy) dialBackend(cc *clientConn, addr string) (*dataplane.Conn, error) {
 	tc, err := p.dial(p.force, addr)
 	if err != nil {
-		return nil, err
+		return nil, &connectError{err}
 	}
 	if cc.kind.tls() {
 		return dataplane.NewConn(tc), nil

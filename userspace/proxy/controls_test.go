@@ -255,9 +255,8 @@ func TestProxyProtocolL4(t *testing.T) {
 		}
 	}()
 	be := ln.Addr().String()
-	p := startProxy(t, []string{be}, func(c *Config) {
+	p := startProxy(t, []string{be + ",proxy-protocol=v2"}, func(c *Config) {
 		c.TCPListen = []string{"127.0.0.1:0"}
-		c.ProxyProtocolBackends = map[string]int{be: 2}
 	})
 	cl := dial(t, p.TCPAddrs()[0].String())
 	cl.send("hello")

@@ -102,14 +102,9 @@ func (p *Proxy) dial(ctx context.Context, addr string) (*net.TCPConn, error) {
 	return tc, nil
 }
 
-// dialTransport is the plain HTTP transport's dialer.
-func (p *Proxy) dialTransport(ctx context.Context, network, addr string) (net.Conn, error) {
-	return p.dial(ctx, addr)
-}
-
 // writeProxyHeader writes the PROXY protocol v2 header for client cc to
-// the backend, before any byte of the client's: the hook of
-// Config.ProxyProtocolBackends on the L4 listeners.
+// the backend, before any byte of the client's, on the L4 listeners, for a
+// backend given with proxy-protocol=v2.
 func (p *Proxy) writeProxyHeader(cc *clientConn, bconn *dataplane.Conn) error {
 	src, _ := cc.conn.RemoteAddr().(*net.TCPAddr)
 	dst, _ := cc.conn.LocalAddr().(*net.TCPAddr)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wsplice/wsplice/userspace/backend"
 	"github.com/wsplice/wsplice/userspace/http1"
 )
 
@@ -22,24 +23,56 @@ var errBodyAbandoned = errors.New("request body abandoned")
 // transport and reports whether the client connection goes on.
 func (cc *clientConn) plain(req *http1.RequestHead) bool {
 	p := cc.p
-	be, err := p.pool.Next()
-	if err != nil {
-		cc.fail(503, "no backend available", nil)
-		return false
-	}
+	breq := cc.backendRequest(req)
 	body := cc.requestBody(req)
-	out, err := cc.outgoingRequest(req, be.Addr, body)
-	if err != nil {
-		cc.fail(400, "invalid request target", nil)
-		return false
-	}
-	resp, err := p.transport.RoundTrip(out)
-	if err != nil {
+	var tried []*backend.Backend
+	var lease *backend.Lease
+	var resp *http.Response
+	for {
+		var err error
+		lease, err = p.pool.Acquire(breq, tried)
+		if err != nil {
+			body.finish(cc)
+			if len(tried) > 0 {
+				cc.fail(502, "backend unreachable", nil)
+			} else {
+				cc.fail(503, "no backend available", nil)
+			}
+			return false
+		}
+		lease.SetCloser(cc.abort)
+		be := lease.Backend()
+		out, err := cc.outgoingRequest(req, be.Addr(), body)
+		if err != nil {
+			lease.Release()
+			cc.fail(400, "invalid request target", nil)
+			return false
+		}
+		resp, err = p.transport.RoundTrip(out)
+		if err == nil {
+			p.reportConnect(be, nil)
+			break
+		}
+		lease.Release()
+		var cerr *connectError
+		if errors.As(err, &cerr) {
+			p.reportConnect(be, err)
+			// Another backend may take it if no byte of the body
+			// went to this one (none can have: the connect failed,
+			// but the transport may have read ahead).
+			if !body.touched() && p.force.Err() == nil {
+				p.log.Warn().Err(err).Str("backend", be.Addr()).Int("attempt", len(tried)+1).Msg("backend connect failed")
+				tried = append(tried, be)
+				continue
+			}
+		}
 		body.finish(cc)
-		p.log.Warn().Err(err).Str("backend", be.Addr).Str("method", req.Method).Msg("backend request failed")
+		p.log.Warn().Err(err).Str("backend", be.Addr()).Str("method", req.Method).Msg("backend request failed")
 		cc.fail(502, "backend failed", nil)
 		return false
 	}
+	defer lease.Release()
+	be := lease.Backend()
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		body.finish(cc)
@@ -47,9 +80,11 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 		return false
 	}
 	keepAlive := req.Minor >= 1 && !req.WantsClose() && !p.shuttingDown.Load()
-	keep, err := cc.writeResponse(cc.fromTransport(req, resp), keepAlive, req.Minor == 0)
+	r := cc.fromTransport(req, resp)
+	r.header = append(r.header, cc.stickyField(breq, be)...)
+	keep, err := cc.writeResponse(r, keepAlive, req.Minor == 0)
 	if err != nil && p.log.Debug().Enabled() {
-		p.log.Debug().Err(err).Str("backend", be.Addr).Msg("relay response")
+		p.log.Debug().Err(err).Str("backend", be.Addr()).Msg("relay response")
 	}
 	// The next request starts where this body ends: a body not read to its
 	// end leaves the stream unusable.
@@ -187,6 +222,9 @@ type requestBody struct {
 	r    io.Reader
 	eof  bool
 	done bool
+	// read is set once the transport has read from the body: the
+	// request can no longer go to another backend.
+	read bool
 	// cont sends "100 Continue" before the first read when the client
 	// asked for it: the transport is told nothing of Expect.
 	cont func()
@@ -229,6 +267,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		b.cont()
 		b.cont = nil
 	}
+	b.read = true
 	n, err := b.r.Read(p)
 	if err == io.EOF {
 		b.eof = true
@@ -238,6 +277,13 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// touched reports whether the transport has read from the body.
+func (b *requestBody) touched() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.read
 }
 
 // Close is a no-op: the client connection, not the transport, owns it.

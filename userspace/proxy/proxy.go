@@ -114,7 +114,7 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	pool, err := backend.NewPool(cfg.Backends, nil)
+	pool, err := newPool(cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("backend pool: %w", err)
 	}
@@ -133,11 +133,19 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 	p.live.Store(&live)
 	dp.SetIdleTimeout(cfg.IdleTimeout)
 	p.metrics = newMetrics(p)
+	p.SetBackendStates(func() []BackendState {
+		st := p.pool.Status()
+		out := make([]BackendState, len(st))
+		for i, b := range st {
+			out[i] = BackendState{Addr: b.Addr, Up: b.State == "up"}
+		}
+		return out
+	})
 	p.force, p.forceCancel = context.WithCancel(context.Background())
 	p.readers.New = func() any { return bufio.NewReaderSize(nil, cfg.MaxHeaderBytes) }
 	p.writers.New = func() any { return bufio.NewWriterSize(nil, 4096) }
 	p.transport = &http.Transport{
-		DialContext:            p.dialTransport,
+		DialContext:            p.dialPlain,
 		MaxIdleConns:           256,
 		MaxIdleConnsPerHost:    64,
 		IdleConnTimeout:        90 * time.Second,
@@ -287,11 +295,12 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	} else {
 		close(adminDone)
 	}
+	p.pool.Start()
 	for i, ln := range p.lns {
 		p.wg.Add(1)
 		go p.acceptLoop(ln, p.kinds[i])
 	}
-	ev := p.log.Info().Strs("listeners", listeners).Strs("backends", p.conf().Backends).Str("dataplane", p.dp.Name())
+	ev := p.log.Info().Strs("listeners", listeners).Strs("backends", p.conf().Backends).Str("balance", balanceName(p.cfg.Balance)).Str("dataplane", p.dp.Name())
 	if len(tlsListeners) > 0 {
 		ev = ev.Strs("tls_listeners", tlsListeners)
 	}
@@ -390,6 +399,7 @@ func (p *Proxy) shutdown() {
 	}
 	p.forceCancel()
 	p.transport.CloseIdleConnections()
+	p.pool.Close()
 }
 
 // closeConns closes the client connections waiting for a request (idle) or
@@ -517,6 +527,7 @@ func (p *Proxy) Stats() Stats {
 func (p *Proxy) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", p.metrics.handler())
+	p.backendRoutes(mux)
 	mux.HandleFunc("GET /debug/stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

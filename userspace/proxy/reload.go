@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 )
@@ -56,7 +55,6 @@ func (p *Proxy) Reload(cfg Config) (ignored []string, err error) {
 	cfg.Listen, cfg.TLSListen, cfg.TCPListen, cfg.TCPTLSListen = old.Listen, old.TLSListen, old.TCPListen, old.TCPTLSListen
 	cfg.Certificates, cfg.KTLS, cfg.MaxHeaderBytes, cfg.Admin = old.Certificates, old.KTLS, old.MaxHeaderBytes, old.Admin
 	cfg.Backends = slices.Clone(cfg.Backends)
-	cfg.ProxyProtocolBackends = maps.Clone(cfg.ProxyProtocolBackends)
 
 	var pool BackendSetter = p.pool
 	if err := pool.SetBackends(cfg.Backends); err != nil {

@@ -115,38 +115,36 @@ func (cc *clientConn) tlsFailed(err error) {
 func (cc *clientConn) serveL4() {
 	p := cc.p
 	cc.idle.Store(false)
-	be, err := p.pool.Next()
+	lease, bconn, status, err := cc.connectBackend(cc.backendRequest(nil))
 	if err != nil {
-		if p.log.Debug().Enabled() {
-			p.log.Debug().Err(err).Stringer("remote", cc.conn.RemoteAddr()).Msg("L4 connection closed: no backend")
+		if status == 503 {
+			if p.log.Debug().Enabled() {
+				p.log.Debug().Err(err).Stringer("remote", cc.conn.RemoteAddr()).Msg("L4 connection closed: no backend")
+			}
+		} else {
+			p.log.Warn().Err(err).Msg("L4 connection failed: no backend reachable")
 		}
 		return
 	}
-	bconn, err := p.dialBackend(cc, be.Addr)
-	if err != nil {
-		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("L4 connection failed")
-		return
-	}
+	be := lease.Backend()
 	// The PROXY protocol hook: the header goes to the backend before
 	// Splice, so before any byte of the client's.
-	if p.conf().ProxyProtocolBackends[be.Addr] == 2 {
+	if be.ProxyProtocol() == 2 {
 		if err := p.writeProxyHeader(cc, bconn); err != nil {
-			p.log.Warn().Err(err).Str("backend", be.Addr).Msg("L4 connection failed")
+			p.log.Warn().Err(err).Str("backend", be.Addr()).Msg("L4 connection failed")
 			p.dp.Release(bconn)
+			lease.Release()
 			return
 		}
 	}
 	p.forget(cc)
 	cc.spliced = true
-	cc.conn.Meter = cc.track.splicing(be.Addr)
-	err = p.dp.Splice(cc.conn, bconn, nil)
-	cc.track.splicedResult(err)
-	if err != nil {
-		p.log.Error().Err(err).Str("backend", be.Addr).Msg("splice")
+	if err := cc.spliceWithLease(lease, bconn, nil); err != nil {
+		p.log.Error().Err(err).Str("backend", be.Addr()).Msg("splice")
 		return
 	}
 	if p.log.Debug().Enabled() {
-		p.log.Debug().Stringer("remote", cc.conn.RemoteAddr()).Str("backend", be.Addr).Str("dataplane", p.dp.Name()).
+		p.log.Debug().Stringer("remote", cc.conn.RemoteAddr()).Str("backend", be.Addr()).Str("dataplane", p.dp.Name()).
 			Bool("tls", cc.kind.tls()).Bool("ktls", cc.conn.KTLS).Msg("L4 spliced")
 	}
 }

@@ -45,30 +45,32 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 		reject(400, "WebSocket handshake with a body", nil)
 		return false
 	}
-	be, err := p.pool.Next()
+	breq := cc.backendRequest(req)
+	lease, bconn, status, err := cc.connectBackend(breq)
 	if err != nil {
-		reject(503, "no backend available", nil)
+		if status == 503 {
+			reject(503, "no backend available", nil)
+		} else {
+			p.log.Warn().Err(err).Msg("websocket handshake failed: no backend reachable")
+			reject(502, "backend unreachable", nil)
+		}
 		return false
 	}
-	bconn, err := p.dialBackend(cc, be.Addr)
-	if err != nil {
-		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed")
-		reject(502, "backend unreachable", nil)
-		return false
-	}
+	be := lease.Backend()
 	keepBackend := false
 	cc.backend.Store(bconn)
 	defer func() {
 		cc.backend.Store(nil)
 		if !keepBackend {
 			p.dp.Release(bconn)
+			lease.Release()
 		}
 	}()
 
 	// The backend gets DialTimeout to read the handshake and answer it.
 	_ = bconn.SetDeadline(time.Now().Add(p.conf().DialTimeout))
 	if _, err := bconn.Write(cc.upgradeRequest(req)); err != nil {
-		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed: write request")
+		p.log.Warn().Err(err).Str("backend", be.Addr()).Msg("websocket handshake failed: write request")
 		reject(502, "backend failed", nil)
 		return false
 	}
@@ -86,7 +88,7 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 		}
 	}
 	if err != nil {
-		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed: read response")
+		p.log.Warn().Err(err).Str("backend", be.Addr()).Msg("websocket handshake failed: read response")
 		if isTimeout(err) {
 			reject(504, "backend timed out", nil)
 		} else {
@@ -103,7 +105,7 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 		return cc.relay(req, resp, bbr)
 	}
 	if err := websocket.CheckResponse(resp, req.Header.Get("Sec-WebSocket-Key")); err != nil {
-		p.log.Warn().Err(err).Str("backend", be.Addr).Msg("websocket handshake failed")
+		p.log.Warn().Err(err).Str("backend", be.Addr()).Msg("websocket handshake failed")
 		reject(502, "backend sent an invalid handshake answer", nil)
 		return false
 	}
@@ -121,7 +123,7 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 			return false
 		}
 	}
-	toClient := switchingHead(resp)
+	toClient := switchingHead(resp, cc.stickyField(breq, be))
 	if n := bbr.Buffered(); n > 0 {
 		b, _ := bbr.Peek(n)
 		toClient = append(toClient, b...)
@@ -132,18 +134,15 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 
 	p.forget(cc)
 	cc.spliced, keepBackend = true, true
-	cc.conn.Meter = cc.track.splicing(be.Addr)
-	err = p.dp.Splice(cc.conn, bconn, toClient)
-	cc.track.splicedResult(err)
-	if err != nil {
+	if err := cc.spliceWithLease(lease, bconn, toClient); err != nil {
 		// The data plane owns and has closed both; the client sees a close.
 		reject(0, "", nil)
-		p.log.Error().Err(err).Str("backend", be.Addr).Msg("splice")
+		p.log.Error().Err(err).Str("backend", be.Addr()).Msg("splice")
 		return false
 	}
 	p.metrics.handshakeDone(101, start)
 	if p.log.Debug().Enabled() {
-		p.log.Debug().Stringer("remote", cc.conn.RemoteAddr()).Str("backend", be.Addr).Str("target", req.Target).
+		p.log.Debug().Stringer("remote", cc.conn.RemoteAddr()).Str("backend", be.Addr()).Str("target", req.Target).
 			Str("dataplane", p.dp.Name()).Msg("websocket spliced")
 	}
 	return false
@@ -180,8 +179,9 @@ func (cc *clientConn) upgradeRequest(req *http1.RequestHead) []byte {
 
 // switchingHead is the backend's 101 as the client gets it: hop-by-hop
 // fields dropped, Connection and Upgrade set again, the rest (subprotocol,
-// extensions, the backend's own fields) in the backend's order.
-func switchingHead(resp *http1.ResponseHead) []byte {
+// extensions, the backend's own fields) in the backend's order, then extra
+// (the sticky cookie).
+func switchingHead(resp *http1.ResponseHead, extra http1.Header) []byte {
 	reason := resp.Reason
 	if reason == "" {
 		reason = "Switching Protocols"
@@ -196,6 +196,7 @@ func switchingHead(resp *http1.ResponseHead) []byte {
 		}
 		out.Header = append(out.Header, f)
 	}
+	out.Header = append(out.Header, extra...)
 	return out.Append(nil)
 }
 

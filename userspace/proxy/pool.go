@@ -1,0 +1,201 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+
+	"github.com/rs/zerolog"
+
+	"github.com/wsplice/wsplice/userspace/backend"
+	"github.com/wsplice/wsplice/userspace/dataplane"
+	"github.com/wsplice/wsplice/userspace/http1"
+)
+
+// newPool builds the backend pool of a validated cfg.
+func newPool(cfg Config, log zerolog.Logger) (*backend.Pool, error) {
+	specs := make([]backend.Spec, 0, len(cfg.Backends))
+	for _, b := range cfg.Backends {
+		sp, err := backend.ParseSpec(b)
+		if err != nil {
+			return nil, err
+		}
+		specs = append(specs, sp)
+	}
+	policy, err := backend.ParsePolicy(cfg.Balance)
+	if err != nil {
+		return nil, err
+	}
+	return backend.NewPool(specs, backend.Options{
+		Policy: policy,
+		Health: cfg.Health,
+		Log:    log.With().Str("component", "backends").Logger(),
+	})
+}
+
+func balanceName(s string) string {
+	if s == "" {
+		return backend.BalanceRoundRobin
+	}
+	return s
+}
+
+// Pool is the proxy's backend pool, for runtime changes.
+func (p *Proxy) Pool() *backend.Pool { return p.pool }
+
+// connectError marks a failure to connect to a backend (as opposed to one
+// after connecting): the request may go to another backend, and it counts
+// toward the backend's fall count.
+type connectError struct{ err error }
+
+func (e *connectError) Error() string { return e.err.Error() }
+func (e *connectError) Unwrap() error { return e.err }
+
+// dialPlain is the plain-HTTP transport's dialer: its failures are
+// connectErrors.
+// It goes through dial, so keepalive and the dial timeout apply.
+func (p *Proxy) dialPlain(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := p.dial(ctx, addr)
+	if err != nil {
+		return nil, &connectError{err}
+	}
+	return c, nil
+}
+
+// reportConnect feeds a connect result to passive health marking, unless
+// the failure is ours (shutdown cancelled the dial).
+func (p *Proxy) reportConnect(b *backend.Backend, err error) {
+	if err != nil && p.force.Err() != nil {
+		return
+	}
+	p.pool.ReportConnect(b, err)
+}
+
+// connectBackend picks a backend for cc and connects to it; when a connect
+// fails it tries another backend, each at most once. It returns the lease
+// on the backend it connected to, the adopted connection and, on failure,
+// the status to answer: 503 when no backend was available at all, 502
+// when every connect failed.
+func (cc *clientConn) connectBackend(req *backend.Request) (*backend.Lease, *dataplane.Conn, int, error) {
+	p := cc.p
+	var tried []*backend.Backend
+	var lastErr error
+	for {
+		l, err := p.pool.Acquire(req, tried)
+		if err != nil {
+			if lastErr != nil {
+				return nil, nil, 502, lastErr
+			}
+			return nil, nil, 503, err
+		}
+		b := l.Backend()
+		// Until spliced, the client connection (and the handshake's
+		// backend connection) is what a drain deadline closes.
+		l.SetCloser(cc.abort)
+		c, err := p.dialBackend(cc, b.Addr())
+		if err == nil {
+			p.reportConnect(b, nil)
+			return l, c, 0, nil
+		}
+		l.Release()
+		var cerr *connectError
+		if !errors.As(err, &cerr) {
+			return nil, nil, 502, err // not the backend's fault: no retry
+		}
+		p.reportConnect(b, err)
+		p.log.Warn().Err(err).Str("backend", b.Addr()).Int("attempt", len(tried)+1).Msg("backend connect failed")
+		if p.force.Err() != nil {
+			return nil, nil, 502, err
+		}
+		tried = append(tried, b)
+		lastErr = err
+	}
+}
+
+// abort closes cc wherever it is: its spliced pair, or the client and
+// handshake backend connections.
+func (cc *clientConn) abort() {
+	if cc.conn.ClosePair() {
+		return
+	}
+	_ = cc.conn.Close()
+	if b := cc.backend.Load(); b != nil {
+		_ = b.Close()
+	}
+}
+
+// spliceWithLease hands the pair to the data plane with the lease kept
+// until the data plane reports the pair closed (or Splice fails).
+func (cc *clientConn) spliceWithLease(l *backend.Lease, bconn *dataplane.Conn, toClient []byte) error {
+	cc.conn.OnPairDone(l.Release)
+	cc.conn.Meter = cc.track.splicing(l.Backend().Addr())
+	err := cc.p.dp.Splice(cc.conn, bconn, toClient)
+	cc.track.splicedResult(err)
+	if err != nil {
+		l.Release()
+		return err
+	}
+	return nil
+}
+
+// backendRequest is what the policy and the sticky cookie look at.
+func (cc *clientConn) backendRequest(req *http1.RequestHead) *backend.Request {
+	r := &backend.Request{SourceIP: remoteIP(cc.conn.RemoteAddr())}
+	if req == nil {
+		return r
+	}
+	r.Header = req.Header.Get
+	var cookies []*http.Cookie
+	parsed := false
+	r.Cookie = func(name string) string {
+		if !parsed {
+			cookies, parsed = readCookies(req.Header), true
+		}
+		for _, c := range cookies {
+			if c.Name == name {
+				return c.Value
+			}
+		}
+		return ""
+	}
+	if name := cc.p.cfg.StickyCookie; name != "" {
+		r.Sticky = r.Cookie(name)
+	}
+	return r
+}
+
+// readCookies parses every Cookie field of h, leniently (as net/http does
+// for a server).
+func readCookies(h http1.Header) []*http.Cookie {
+	vals := h.Values("Cookie")
+	if len(vals) == 0 {
+		return nil
+	}
+	return (&http.Request{Header: http.Header{"Cookie": vals}}).Cookies()
+}
+
+// stickyField is the Set-Cookie field pinning the client to b, or nil when
+// stickiness is off or the client's cookie already names b.
+func (cc *clientConn) stickyField(req *backend.Request, b *backend.Backend) http1.Header {
+	name := cc.p.cfg.StickyCookie
+	if name == "" || req.Sticky == b.ID() {
+		return nil
+	}
+	c := &http.Cookie{Name: name, Value: b.ID(), Path: "/", HttpOnly: true}
+	return http1.Header{{Name: "Set-Cookie", Value: c.String()}}
+}
+
+func remoteIP(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	if a == nil {
+		return ""
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
