@@ -70,6 +70,21 @@ func (b *backendFlag) Set(v string) error {
 	return b.listFlag.Set(v)
 }
 
+// defaultAdmin is where the admin server listens unless --admin says.
+const defaultAdmin = "127.0.0.1:9090"
+
+// adminFlag is --admin; set tells an explicit value from the default.
+type adminFlag struct {
+	value string
+	set   bool
+}
+
+func (a *adminFlag) String() string { return a.value }
+func (a *adminFlag) Set(v string) error {
+	a.value, a.set = v, true
+	return nil
+}
+
 // options is the parsed command line.
 type options struct {
 	cfg       proxy.Config
@@ -87,6 +102,7 @@ type rawFlags struct {
 	backends                                                backendFlag
 	level                                                   string
 	keepAlive                                               bool
+	admin                                                   adminFlag
 }
 
 func newFlagSet(o *options, r *rawFlags, stdout io.Writer) *flag.FlagSet {
@@ -114,7 +130,8 @@ func newFlagSet(o *options, r *rawFlags, stdout io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or console")
 	fs.DurationVar(&o.cfg.HeaderTimeout, "header-timeout", proxy.DefaultHeaderTimeout, "time allowed to send a request head, and keep-alive idle time")
 	fs.IntVar(&o.cfg.MaxHeaderBytes, "max-header-bytes", proxy.DefaultMaxHeaderBytes, "largest request head accepted (larger get 431)")
-	fs.StringVar(&o.cfg.Admin, "admin", "", "`address` of the admin HTTP server with /metrics, /debug/stats and /backends (GET, POST, DELETE /backends/ADDR, POST /backends/ADDR/drain, PUT /backends/ADDR/weight) (default off)")
+	r.admin.value = defaultAdmin
+	fs.Var(&r.admin, "admin", "`address` of the admin HTTP server with /metrics, /debug/stats and /backends (GET, POST, DELETE /backends/ADDR, POST /backends/ADDR/drain, PUT /backends/ADDR/weight): host:port, unix:PATH or an absolute path for a unix socket, or off (default "+defaultAdmin+"; if that default is taken, a warning and no admin server)")
 	fs.IntVar(&o.cfg.MaxConns, "max-conns", 0, "most live client connections (0: no limit); past it HTTP clients get 503, L4 connections are closed")
 	fs.IntVar(&o.cfg.MaxConnRate, "max-conn-rate", 0, "most new client connections per second, burst of one second's worth (0: no limit); past it 503")
 	fs.IntVar(&o.cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "most live client connections from one source address (0: no limit)")
@@ -142,8 +159,7 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 	fs := newFlagSet(o, r, stdout)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fs.Usage()
-			return nil, true, nil
+			return nil, true, nil // the flag package printed the usage
 		}
 		return nil, false, usageError{err}
 	}
@@ -205,6 +221,10 @@ func finishOptions(o *options, r *rawFlags) (*options, bool, error) {
 		return nil, false, usageError{fmt.Errorf("invalid --drain-timeout %v: must not be negative", o.cfg.DrainTimeout)}
 	}
 	o.cfg.TCPKeepAliveOff = !r.keepAlive
+	o.cfg.Admin, o.cfg.AdminOptional = r.admin.value, !r.admin.set
+	if o.cfg.Admin == "off" {
+		o.cfg.Admin = ""
+	}
 	o.cfg.Listen = r.listen
 	o.cfg.Backends = r.backends.listFlag
 	o.cfg.TLSListen, o.cfg.TCPListen, o.cfg.TCPTLSListen = r.listenTLS, r.listenTCP, r.listenTCPTLS

@@ -104,8 +104,12 @@ type Config struct {
 	// listeners closed; what is left is then closed. 0: spliced pairs are
 	// not waited for, and requests in flight get ShutdownTimeout.
 	DrainTimeout time.Duration
-	// Admin is the address of the admin HTTP server ("" = none).
+	// Admin is the address of the admin HTTP server: "host:port", or a
+	// unix socket as "unix:PATH" or an absolute path ("" = none).
 	Admin string
+	// AdminOptional makes a failure to listen on Admin a warning instead
+	// of an error (the built-in default address may be taken).
+	AdminOptional bool
 
 	// MaxConns caps live client connections (0: no cap). Past it an
 	// HTTP listener's client gets 503 with Retry-After, an L4 listener's
@@ -225,7 +229,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %d: must not be negative", name, v))
 		}
 	}
-	if c.Admin != "" {
+	if _, unix := AdminSocketPath(c.Admin); c.Admin != "" && !unix {
 		if _, _, err := net.SplitHostPort(c.Admin); err != nil {
 			errs = append(errs, fmt.Errorf("admin address %q: %w", c.Admin, err))
 		}

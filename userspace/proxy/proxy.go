@@ -15,6 +15,7 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -182,12 +183,54 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 		}
 	}
 	if cfg.Admin != "" {
-		if p.admin, err = net.Listen("tcp", cfg.Admin); err != nil {
-			p.closeListeners()
-			return nil, fmt.Errorf("admin listen on %s: %w", cfg.Admin, err)
+		if p.admin, err = listenAdmin(cfg.Admin); err != nil {
+			if !cfg.AdminOptional {
+				p.closeListeners()
+				return nil, fmt.Errorf("admin listen on %s: %w", cfg.Admin, err)
+			}
+			log.Warn().Err(err).Str("admin", cfg.Admin).Msg("admin server not started (the default address is taken; give --admin to choose another)")
 		}
 	}
 	return p, nil
+}
+
+// listenAdmin listens on a TCP address, or on a unix socket for
+// "unix:PATH" or an absolute path. A stale socket file is replaced; the
+// socket is made accessible to its owner only.
+func listenAdmin(addr string) (net.Listener, error) {
+	path, ok := AdminSocketPath(addr)
+	if !ok {
+		return net.Listen("tcp", addr)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("unix socket %s: in use", path)
+		}
+		_ = os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(true)
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// AdminSocketPath reports whether an --admin value names a unix socket,
+// and its path.
+func AdminSocketPath(addr string) (string, bool) {
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return p, true
+	}
+	if strings.HasPrefix(addr, "/") {
+		return addr, true
+	}
+	return "", false
 }
 
 func (p *Proxy) closeListeners() {
