@@ -552,3 +552,29 @@ func killBrowsers(t *testing.T, dir string) {
 		}
 	}
 }
+
+// sawConnectFailure reports whether GET /backends shows a backend with a
+// failed connect or check (down, or failures counted).
+func (st *stack) sawConnectFailure(t *testing.T) bool {
+	t.Helper()
+	b, err := getOK("http://" + st.admin + "/backends")
+	if err != nil {
+		t.Fatalf("GET /backends: %v", err)
+	}
+	var backends []struct {
+		State  string `json:"state"`
+		Health struct {
+			Failures  int    `json:"consecutive_failures"`
+			LastError string `json:"last_error"`
+		} `json:"health"`
+	}
+	if err := json.Unmarshal(b, &backends); err != nil {
+		t.Fatalf("GET /backends: %v: %s", err, b)
+	}
+	for _, be := range backends {
+		if be.State == "down" || be.Health.Failures > 0 || be.Health.LastError != "" {
+			return true
+		}
+	}
+	return false
+}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -256,3 +257,20 @@ func isBackendName(s string) bool { return s == "backend1" || s == "backend2" }
 
 // mib formats a byte count for messages.
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// debugDump fetches /debug/stats and, on the kernel path, /debug/pairs,
+// for a failure message about a stalled transfer.
+func (d *daemon) debugDump() string {
+	var b strings.Builder
+	for _, path := range []string{"/debug/stats", "/debug/pairs"} {
+		resp, err := d.admin.Get("http://" + adminAddr + path)
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v\n", path, err)
+			continue
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		fmt.Fprintf(&b, "%s: %s\n", path, body)
+	}
+	return b.String()
+}

@@ -76,7 +76,7 @@ func TestStress(t *testing.T) {
 				default:
 					continue
 				}
-				stalled.Store(why)
+				stalled.Store(why + "\n" + d.debugDump())
 				for _, ws := range wss {
 					ws.NetConn().Close()
 				}
