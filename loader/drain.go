@@ -295,8 +295,17 @@ func (s *Splicer) waitPeer(src *sock) error {
 // waitGiven waits until dst holds every byte userspace wrote into it plus
 // redirected bytes redirected to it: what it was given (acked + still
 // queued, less its base) covers them.
+//
+// The kworker that writes redirected bytes into dst can stop for good: when
+// dst is not writeable it gives up with EAGAIN without marking the socket
+// SOCK_NOSPACE (sk_psock_handle_skb checks sock_writeable before sending),
+// so no write-space callback reschedules it, and once this direction is in
+// userspace no new redirect does either. Seen on 6.18 as a stress test
+// stalled for good with ~1 MiB in the psock queue and the peer idle. So
+// when dst takes nothing between two looks, kickWriter pokes it.
 func (s *Splicer) waitGiven(p *pair, dst *sock, redirected uint64) error {
 	backoff := 20 * time.Microsecond
+	var last uint64
 	for {
 		if p.isClosed() {
 			return errPairClosed
@@ -308,9 +317,21 @@ func (s *Splicer) waitGiven(p *pair, dst *sock, redirected uint64) error {
 		if given >= dst.givenBase+dst.written+redirected {
 			return nil
 		}
+		if given == last {
+			kickWriter(dst.fd)
+		}
+		last = given
 		time.Sleep(backoff)
 		backoff = min(backoff*2, 20*time.Millisecond)
 	}
+}
+
+// kickWriter runs fd's write-space callback, which for a socket in the
+// sockmap schedules its psock's kworker (sk_psock_write_space): setting
+// TCP_NOTSENT_LOWAT calls sk_write_space. The value set, 0, is the default
+// (use the net.ipv4.tcp_notsent_lowat sysctl), so nothing else changes.
+func kickWriter(fd int) {
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, 0)
 }
 
 // bytesGiven is the number of bytes ever written into a TCP socket (plus
