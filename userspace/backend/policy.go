@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/wsplice/wsplice/userspace/http1"
 )
 
 // Policy picks a backend among candidates: the backends that are up, not
@@ -38,33 +40,18 @@ func ParsePolicy(s string) (Policy, error) {
 		return &Hash{Key: SourceKey}, nil
 	case strings.HasPrefix(s, BalanceHashHeader):
 		name := strings.TrimPrefix(s, BalanceHashHeader)
-		if !isToken(name) {
+		if !http1.IsToken(name) {
 			return nil, fmt.Errorf("balance %q: invalid header name", s)
 		}
 		return &Hash{Key: HeaderKey(name)}, nil
 	case strings.HasPrefix(s, BalanceHashCookie):
 		name := strings.TrimPrefix(s, BalanceHashCookie)
-		if !isToken(name) {
+		if !http1.IsToken(name) {
 			return nil, fmt.Errorf("balance %q: invalid cookie name", s)
 		}
 		return &Hash{Key: CookieKey(name)}, nil
 	}
 	return nil, fmt.Errorf("balance %q: want round-robin, least-conn, hash-source, hash-header:NAME or hash-cookie:NAME", s)
-}
-
-// isToken reports whether s is a non-empty RFC 9110 token (header and
-// cookie names).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // RoundRobin is smooth weighted round-robin (as nginx does it): over any

@@ -125,7 +125,7 @@ func parseRequestLine(r *reader, line string, req *RequestHead) error {
 	if !ok1 || !ok2 {
 		return r.malformed("malformed request line")
 	}
-	if !isToken(method) {
+	if !IsToken(method) {
 		return r.malformed("invalid method")
 	}
 	var ok bool
@@ -198,7 +198,7 @@ func readFields(r *reader) (Header, error) {
 		if !ok {
 			return nil, r.malformed("header line without colon")
 		}
-		if !isToken(name) {
+		if !IsToken(name) {
 			// Covers whitespace between name and colon (§5.1).
 			return nil, r.malformed("invalid header name")
 		}
@@ -340,8 +340,9 @@ func ReadTrailer(br *bufio.Reader, max, status int) (Header, error) {
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
-// isToken reports whether s is a non-empty RFC 9110 §5.6.2 token.
-func isToken(s string) bool {
+// IsToken reports whether s is a non-empty RFC 9110 §5.6.2 token (a
+// header name, a method, a cookie name).
+func IsToken(s string) bool {
 	if s == "" {
 		return false
 	}

@@ -3,8 +3,8 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"github.com/wsplice/wsplice/userspace/http1"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/wsplice/wsplice/userspace/backend"
@@ -199,7 +199,7 @@ func (c *Config) Validate() error {
 	if _, err := backend.ParsePolicy(c.Balance); err != nil {
 		errs = append(errs, err)
 	}
-	if c.StickyCookie != "" && !validCookieName(c.StickyCookie) {
+	if c.StickyCookie != "" && !http1.IsToken(c.StickyCookie) /* RFC 6265: a cookie-name is a token */ {
 		errs = append(errs, fmt.Errorf("sticky cookie name %q: not a valid cookie name", c.StickyCookie))
 	}
 	if err := c.Health.Validate(); err != nil {
@@ -238,18 +238,4 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(errs...))
 	}
 	return nil
-}
-
-// validCookieName reports whether s is an RFC 6265 cookie-name (a token).
-func validCookieName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
-			return false
-		}
-	}
-	return true
 }
