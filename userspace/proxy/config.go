@@ -3,12 +3,12 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"github.com/wsplice/wsplice/userspace/http1"
 	"net"
 	"time"
 
 	"github.com/wsplice/wsplice/userspace/backend"
 	"github.com/wsplice/wsplice/userspace/certstore"
+	"github.com/wsplice/wsplice/userspace/http1"
 	"github.com/wsplice/wsplice/userspace/limit"
 )
 
