@@ -513,15 +513,21 @@ func (s *Splicer) releasePair(p *pair) {
 		delete(s.socks, sk.cookie)
 	}
 	s.mu.Unlock()
-	// The kernel's counts are read before forget frees them.
-	p.meter.Done()
-	for _, sk := range p.socks {
+	// forget reads each socket's last counts as it frees them; they are
+	// kept in p.final, under p.mu so that pairCounts sees either the live
+	// entries or the final counts, for Done.
+	p.mu.Lock()
+	var final [2]uint64
+	for i, sk := range p.socks {
 		// The last fd of the socket: closing it also takes it out of
 		// the epoll set and out of sock_hash, so no verdict runs on it
 		// once close returns, and forget's deletes are final.
 		unix.Close(sk.fd)
-		s.forget(sk.cookie)
+		final[i] = s.forget(sk.cookie)
 	}
+	p.final = &final
+	p.mu.Unlock()
+	p.meter.Done()
 	s.spliced.Add(-1)
 }
 

@@ -59,6 +59,9 @@ type pair struct {
 	meter *dataplane.Meter
 	// idle closes the pair after its idle timeout (watchIdle).
 	idle *time.Timer
+	// final holds each socket's redirected count once the pair is
+	// released and its counters freed.
+	final *[2]uint64
 }
 
 // spliceRcvBuf, when set, caps SO_RCVBUF of spliced sockets. It is 0:
@@ -180,19 +183,21 @@ func (s *Splicer) stats(cookie uint64) (wspliceConnStats, error) {
 	return st, err
 }
 
-// forget removes cookie's control and counters, keeping its redirected
-// byte count. The socket must be closed (or out of sock_hash) first, or
-// the verdict could create its counters again.
-func (s *Splicer) forget(cookie uint64) {
+// forget removes cookie's control and counters, keeping (and returning)
+// its redirected byte count. The socket must be closed (or out of
+// sock_hash) first, or the verdict could create its counters again.
+func (s *Splicer) forget(cookie uint64) (redirected uint64) {
 	var st wspliceConnStats
 	// One syscall for both (hash maps have LOOKUP_AND_DELETE since 5.14).
 	if err := s.objs.StatsMap.LookupAndDelete(cookie, &st); err == nil {
 		s.bytesKernel.Add(st.Redirected)
 		s.overlapTrimmed.Add(st.OverlapTrimmed)
+		redirected = st.Redirected
 	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 		_ = s.objs.StatsMap.Delete(cookie)
 	}
 	_ = s.objs.CtlMap.Delete(cookie)
+	return redirected
 }
 
 // Release implements dataplane.Dataplane.
@@ -332,13 +337,15 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 // pairCounts reads what p moved since Splice, each way: what the verdict
 // redirected plus what the slow path forwarded (consumed beyond base, the
 // bytes the proxy had read by Splice). For metrics; it costs two map
-// lookups.
+// lookups while the pair lives, none once it is released.
 func (s *Splicer) pairCounts(p *pair, base [2]uint64) dataplane.PairCounts {
 	var n [2]uint64
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i, sk := range p.socks {
-		if st, err := s.stats(sk.cookie); err == nil {
+		if p.final != nil {
+			n[i] = p.final[i]
+		} else if st, err := s.stats(sk.cookie); err == nil {
 			n[i] = st.Redirected
 		}
 		n[i] += sk.consumed - base[i]
