@@ -166,6 +166,13 @@ func (s *Splicer) drain(src *sock) {
 						s.abort(p, src)
 						return
 					}
+					// A verdict that read the old entry may still
+					// pass, without a notice: counted before the
+					// lookup that follows once this returns.
+					if err := verdictBarrier(src.fd); err != nil {
+						s.abort(p, src)
+						return
+					}
 					continue
 				}
 				if s.endRound(src) {
