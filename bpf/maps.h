@@ -24,7 +24,7 @@ struct {
 	__type(value, struct conn_ctl);
 } ctl_map SEC(".maps");
 
-/* Per-socket counters, written by the verdict program. */
+/* Per-socket counters, created and written by the verdict program. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WSPLICE_MAX_SOCKS);

@@ -11,13 +11,18 @@ struct conn_ctl {
 	 * the peer. While it lags conn_stats.passed, the verdict keeps
 	 * passing so that order is kept. */
 	__u64 consumed;
-	/* Kept at 0 since a direction leaves the kernel for good on its first pass. */
+	/* Bumped by userspace when it hands a direction that never
+	 * redirected back to the kernel (bytes passed around the switch at
+	 * splice time), so that the next pass is announced again. A
+	 * direction that has redirected leaves the kernel for good on its
+	 * first pass. */
 	__u32 epoch;
 	/* enum wsplice_mode */
 	__u32 mode;
 };
 
-/* Written only by the verdict program (userspace creates it zeroed). */
+/* Written only by the verdict program, which creates it zeroed on the
+ * socket's first segment (userspace reads a missing entry as zeros). */
 struct conn_stats {
 	/* Bytes left in this socket's own receive queue for userspace. */
 	__u64 passed;
@@ -30,7 +35,8 @@ struct conn_stats {
 	/* 1 while the last verdict redirected, so peer_seq_goal is valid. */
 	__u32 redirecting;
 	/* conn_ctl.epoch + 1 once a pass in redirect mode was announced on
-	 * the ring buffer: one notice, after which userspace owns it. */
+	 * the ring buffer: one notice per epoch, after which userspace owns
+	 * the direction (until it hands it back with a new epoch). */
 	__u32 notified;
 	/* TCP sequence number just past the last byte the verdict saw, to
 	 * spot segments that start before it (see trim_overlap). */

@@ -160,6 +160,24 @@ static __always_inline int trim_overlap(struct __sk_buff *skb, struct conn_stats
 	return skb->len;
 }
 
+/* stats_of returns the socket's counters, creating them on its first
+ * segment: userspace creates only the control entry at adoption, which
+ * saves a map update per socket (most of a connection's set-up cost is
+ * syscalls), and forgets both at close. Sockets that never receive a
+ * byte never get one. */
+static __always_inline struct conn_stats *stats_of(__u64 cookie)
+{
+	struct conn_stats *st, zero = {};
+
+	st = bpf_map_lookup_elem(&stats_map, &cookie);
+	if (st)
+		return st;
+	/* BPF_NOEXIST: another CPU may have created it meanwhile; then the
+	 * lookup below finds that one. */
+	bpf_map_update_elem(&stats_map, &cookie, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&stats_map, &cookie);
+}
+
 SEC("sk_skb/stream_verdict")
 int wsplice_verdict(struct __sk_buff *skb)
 {
@@ -170,9 +188,10 @@ int wsplice_verdict(struct __sk_buff *skb)
 	__u32 seq = 0;
 	int ret;
 
-	st = bpf_map_lookup_elem(&stats_map, &cookie);
+	/* No control entry: a socket userspace gave up on (served by the
+	 * fallback), or one not adopted yet; it owns its stream, uncounted. */
 	ctl = bpf_map_lookup_elem(&ctl_map, &cookie);
-	if (!st || !ctl)
+	if (!ctl)
 		return SK_PASS;
 
 	/* A FIN arrives as an empty skb. Redirecting it makes the peer
@@ -185,6 +204,14 @@ int wsplice_verdict(struct __sk_buff *skb)
 	 * propagates it itself. */
 	if (len == 0)
 		return SK_DROP;
+
+	st = stats_of(cookie);
+	if (!st) {
+		/* Without counters order cannot be kept: reset, as for a
+		 * segment that cannot be trimmed. */
+		announce_broken(cookie);
+		return SK_DROP;
+	}
 
 	st->last_ns = bpf_ktime_get_ns();
 
@@ -228,7 +255,13 @@ int wsplice_verdict(struct __sk_buff *skb)
 	return bpf_sk_redirect_hash(skb, &sock_hash, &ctl->peer, 0);
 
 pass_notify:
+	/* Counted before the notice: userspace reading the counters after
+	 * the notice (the ring buffer commit orders them) finds the bytes
+	 * to drain, so no notice is ever spent on a count it cannot see. */
+	st->redirecting = 0;
+	st->passed += len;
 	announce_pass(cookie, ctl, st);
+	return SK_PASS;
 pass:
 	st->redirecting = 0;
 	st->passed += len;

@@ -79,33 +79,56 @@ func (s *Splicer) kick(sk *sock, events uint32) {
 // Each round reads the passed bytes (at most what the verdict counted),
 // writes them once the peer holds every redirected byte, and publishes
 // them as consumed.
+//
+// One exception keeps the common case in the kernel: a direction that has
+// not redirected a byte yet (bytes the backend sent between its 101 and
+// the switch of its socket, typically its answer to the client's first
+// frame) is handed back once userspace has forwarded what was passed.
+// That is the pass-to-redirect switch Splice makes on every socket, with
+// nothing redirected in flight, not the redirect-pass-redirect round trip
+// that proved unsafe.
+//
+// A drain woken by FIN or an error does not switch the direction: it
+// switches only when it finds passed bytes.
 func (s *Splicer) drain(src *sock) {
 	p := src.pair
 	defer s.drains.Done()
 	defer s.leave(p)
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			putBuf(bp)
+		}
+	}()
 	dst := src.peer
 	stuck := 0
-	if !src.userMode {
-		// The first time this direction needs userspace, it stays there
-		// (see sock.userMode): the verdict passes everything from now.
-		src.userMode = true
-		if err := s.putCtl(src); err != nil {
-			s.log.Error().Err(err).Msg("switch direction to userspace")
-			s.abort(p, src)
-			return
-		}
-	}
+	handBack := false // forwarding bytes passed before the first redirect
 	for {
-		var st wspliceConnStats
-		if err := s.objs.StatsMap.Lookup(src.cookie, &st); err != nil {
+		st, err := s.stats(src.cookie)
+		if err != nil {
 			s.log.Error().Err(err).Msg("read pass counters")
 			s.abort(p, src)
 			return
 		}
 		want := st.Passed - src.consumed
+		if want > 0 && !src.userMode {
+			if st.Redirected == 0 {
+				// The verdict passes while consumed lags passed, so
+				// nothing can be redirected before the hand-back.
+				handBack = true
+			} else {
+				// The first time this direction needs userspace
+				// after redirecting, it stays there (see
+				// sock.userMode): the verdict passes everything.
+				handBack = false
+				src.userMode = true
+				if err := s.putCtl(src); err != nil {
+					s.log.Error().Err(err).Msg("switch direction to userspace")
+					s.abort(p, src)
+					return
+				}
+			}
+		}
 		if want > 0 {
 			// Bytes redirected before these were passed may still wait
 			// in the peer's psock queue; ours must land after them. The
@@ -120,7 +143,8 @@ func (s *Splicer) drain(src *sock) {
 		if want == 0 {
 			// Nothing passed is waiting: has the stream ended, or is
 			// this round over?
-			n, _, err := unix.Recvfrom(src.fd, buf[:1], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			var one [1]byte
+			n, _, err := unix.Recvfrom(src.fd, one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 			switch {
 			case n > 0 || errors.Is(err, unix.EINTR):
 				continue // passed after the lookup
@@ -130,6 +154,27 @@ func (s *Splicer) drain(src *sock) {
 				}
 				continue
 			case errors.Is(err, unix.EAGAIN):
+				if handBack && !src.userMode {
+					// Every passed byte is forwarded: a new epoch
+					// makes the verdict announce its next pass,
+					// and the counters read after it show any pass
+					// the old epoch's notice already covered.
+					handBack = false
+					src.epoch++
+					if err := s.putCtl(src); err != nil {
+						s.log.Error().Err(err).Msg("hand direction back to the kernel")
+						s.abort(p, src)
+						return
+					}
+					// A verdict that read the old entry may still
+					// pass, without a notice: counted before the
+					// lookup that follows once this returns.
+					if err := verdictBarrier(src.fd); err != nil {
+						s.abort(p, src)
+						return
+					}
+					continue
+				}
 				if s.endRound(src) {
 					return
 				}
@@ -141,6 +186,13 @@ func (s *Splicer) drain(src *sock) {
 				return
 			}
 		}
+		if bp == nil || (want > uint64(len(*bp)) && len(*bp) < bigBuf) {
+			if bp != nil {
+				putBuf(bp)
+			}
+			bp = getBuf(want)
+		}
+		buf := *bp
 		n, err := unix.Read(src.fd, buf[:min(want, uint64(len(buf)))])
 		switch {
 		case n > 0:
@@ -223,6 +275,7 @@ func (s *Splicer) putCtl(sk *sock) error {
 	return s.objs.CtlMap.Put(sk.cookie, wspliceConnCtl{
 		Peer:     sk.peer.cookie,
 		Consumed: sk.consumed,
+		Epoch:    sk.epoch,
 		Mode:     mode,
 	})
 }
@@ -238,7 +291,8 @@ func (s *Splicer) finish(src *sock) bool {
 	deadline := time.Now().Add(2 * time.Second)
 	var st wspliceConnStats
 	for {
-		if err := s.objs.StatsMap.Lookup(src.cookie, &st); err != nil {
+		var err error
+		if st, err = s.stats(src.cookie); err != nil {
 			s.abort(p, src)
 			return true
 		}
@@ -261,14 +315,20 @@ func (s *Splicer) finish(src *sock) bool {
 	if st.Passed != src.consumed {
 		return false
 	}
-	if err := s.waitPeer(src); err != nil {
+	// Every byte src received has been verdicted, so st.Redirected is
+	// final: wait for the peer to hold it all.
+	if err := s.waitGiven(p, dst, st.Redirected); err != nil {
 		return true
 	}
+	// shutdown and eof under p.mu: the shutdown can make epoll report
+	// EPOLLHUP on dst at once, and kick must then see both directions
+	// ended, or it re-arms and is woken again, in a loop, until it does.
+	p.mu.Lock()
 	if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil {
+		p.mu.Unlock()
 		s.closePair(p, false)
 		return true
 	}
-	p.mu.Lock()
 	src.eof = true
 	src.draining = false
 	both := dst.eof
@@ -280,16 +340,6 @@ func (s *Splicer) finish(src *sock) bool {
 		s.closePair(p, false)
 	}
 	return true
-}
-
-// waitPeer waits until every byte redirected from src so far has been
-// written into the peer socket.
-func (s *Splicer) waitPeer(src *sock) error {
-	var st wspliceConnStats
-	if err := s.objs.StatsMap.Lookup(src.cookie, &st); err != nil {
-		return err
-	}
-	return s.waitGiven(src.pair, src.peer, st.Redirected)
 }
 
 // waitGiven waits until dst holds every byte userspace wrote into it plus
@@ -310,7 +360,7 @@ func (s *Splicer) waitGiven(p *pair, dst *sock, redirected uint64) error {
 		if p.isClosed() {
 			return errPairClosed
 		}
-		given, err := bytesGiven(dst.fd)
+		given, err := bytesGivenAtLeast(dst.fd)
 		if err != nil {
 			return err
 		}
@@ -356,6 +406,22 @@ func bytesGiven(fd int) (uint64, error) {
 			return after.Bytes_acked + uint64(outq), nil
 		}
 	}
+}
+
+// bytesGivenAtLeast is a lower bound of bytesGiven in two syscalls instead
+// of three or more: an ACK between the two reads only moves bytes from the
+// send queue to the acked count, so the sum can come out short, never
+// long. Enough for waiting until a socket holds a given number of bytes.
+func bytesGivenAtLeast(fd int) (uint64, error) {
+	ti, err := tcpInfo(fd)
+	if err != nil {
+		return 0, err
+	}
+	outq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return 0, err
+	}
+	return ti.Bytes_acked + uint64(outq), nil
 }
 
 func tcpInfo(fd int) (*unix.TCPInfo, error) {
@@ -475,13 +541,21 @@ func (s *Splicer) releasePair(p *pair) {
 		delete(s.socks, sk.cookie)
 	}
 	s.mu.Unlock()
-	// The kernel's counts are read before forget frees them.
-	p.meter.Done()
-	for _, sk := range p.socks {
-		_ = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_DEL, sk.fd, nil)
-		unix.Close(sk.fd) // the kernel drops it from sock_hash
-		s.forget(sk.cookie)
+	// forget reads each socket's last counts as it frees them; they are
+	// kept in p.final, under p.mu so that pairCounts sees either the live
+	// entries or the final counts, for Done.
+	p.mu.Lock()
+	var final [2]uint64
+	for i, sk := range p.socks {
+		// The last fd of the socket: closing it also takes it out of
+		// the epoll set and out of sock_hash, so no verdict runs on it
+		// once close returns, and forget's deletes are final.
+		unix.Close(sk.fd)
+		final[i] = s.forget(sk.cookie)
 	}
+	p.final = &final
+	p.mu.Unlock()
+	p.meter.Done()
 	s.spliced.Add(-1)
 	if p.done != nil {
 		p.done()

@@ -60,8 +60,7 @@ func (s *Splicer) watchIdle(p *pair) {
 func (s *Splicer) idleFor(p *pair, start int64) time.Duration {
 	last := start
 	for _, sk := range p.socks {
-		var st wspliceConnStats
-		if err := s.objs.StatsMap.Lookup(sk.cookie, &st); err == nil && int64(st.LastNs) > last {
+		if st, err := s.stats(sk.cookie); err == nil && int64(st.LastNs) > last {
 			last = int64(st.LastNs)
 		}
 	}
@@ -69,9 +68,16 @@ func (s *Splicer) idleFor(p *pair, start int64) time.Duration {
 }
 
 // monoNow reads CLOCK_MONOTONIC in nanoseconds, the clock of
-// bpf_ktime_get_ns.
+// bpf_ktime_get_ns, without a syscall per call (x/sys/unix's ClockGettime
+// is a real syscall, not the vDSO): Go's monotonic clock is
+// CLOCK_MONOTONIC too, so the offset read once at start holds.
 func monoNow() int64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return ts.Nano()
+	return monoBase + int64(time.Since(monoStart))
 }
+
+var monoStart, monoBase = func() (time.Time, int64) {
+	var ts unix.Timespec
+	start := time.Now()
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return start, ts.Nano()
+}()

@@ -59,6 +59,8 @@ type harness struct {
 	ln      net.Listener
 	backend string
 	wg      sync.WaitGroup
+	// preSplice, if set, runs between the backend's reply and Splice.
+	preSplice func()
 }
 
 func newHarness(t testing.TB, s *Splicer, backend string) *harness {
@@ -124,6 +126,9 @@ func (h *harness) handle(tc *net.TCPConn) error {
 		return err
 	}
 	extra, _ := br.Peek(br.Buffered())
+	if h.preSplice != nil {
+		h.preSplice()
+	}
 	return h.s.Splice(client, backend, append(reply, extra...))
 }
 
@@ -260,6 +265,56 @@ func TestSpliceBackendBytesBehindGreeting(t *testing.T) {
 			t.Fatalf("run %d: extra bytes %q", i, rest)
 		}
 		c.Close()
+	}
+}
+
+// Bytes the backend sends before its socket is switched to redirect (a
+// greeting frame right behind the 101, or the answer to the client's
+// first frame) are forwarded by userspace, and the direction then goes
+// back to the kernel: the bulk of the stream that follows is redirected,
+// not relayed by the slow path for the rest of the connection.
+func TestSplicePassedBeforeSwitchHandsBack(t *testing.T) {
+	s := newSplicer(t)
+	// frame-1 follows the greeting in its own segment, while the
+	// harness waits before Splice: it reaches the backend socket in
+	// pass mode, before the switch.
+	h := newHarness(t, s, backendServer(t, "WELCOME\n", func(c *net.TCPConn, r *bufio.Reader) {
+		time.Sleep(5 * time.Millisecond)
+		c.Write([]byte("frame-1"))
+		echo(c, r)
+	}))
+	h.preSplice = func() { time.Sleep(30 * time.Millisecond) }
+	const runs, size = 10, 1 << 20
+	for i := 0; i < runs; i++ {
+		c, r := dialHarness(t, h, nil)
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		want := "WELCOME\nframe-1"
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(r, got); err != nil || string(got) != want {
+			t.Fatalf("run %d: got %q, %v; want %q", i, got, err, want)
+		}
+		msg := pattern(size, uint64(i))
+		go func() { c.Write(msg) }()
+		back := make([]byte, len(msg))
+		if _, err := io.ReadFull(r, back); err != nil {
+			t.Fatalf("run %d: read echo: %v", i, err)
+		}
+		if !bytes.Equal(back, msg) {
+			t.Fatalf("run %d: echoed bytes differ", i)
+		}
+		c.CloseWrite()
+		if rest, _ := io.ReadAll(r); len(rest) != 0 {
+			t.Fatalf("run %d: extra bytes %q", i, rest)
+		}
+		c.Close()
+	}
+	waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 0 && st.MapEntries == 0 })
+	// The 7-byte frames, and at most a run's echo where backpressure
+	// sent a direction to the slow path (a slow CPU): not every run's.
+	st := s.Stats()
+	t.Logf("bytes: kernel %d, userspace %d", st.BytesKernel, st.BytesUserspace)
+	if st.BytesUserspace > runs*size/2 {
+		t.Fatalf("userspace relayed %d of %d bytes: directions stayed in the slow path after bytes passed before the switch", st.BytesUserspace, 2*runs*size)
 	}
 }
 

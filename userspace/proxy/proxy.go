@@ -173,7 +173,10 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 	}
 	for i, addrs := range [][]string{cfg.Listen, cfg.TLSListen, cfg.TCPListen, cfg.TCPTLSListen} {
 		for _, addr := range addrs {
-			ln, err := net.Listen("tcp", addr)
+			// No Go default keepalive on accepted sockets: acceptLoop
+			// sets the configured one (keepAlive), and setting both
+			// cost four setsockopt calls per connection for nothing.
+			ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
 			if err != nil {
 				p.closeListeners()
 				return nil, fmt.Errorf("listen on %s: %w", addr, err)
