@@ -172,7 +172,14 @@ func TestMetricsBytes(t *testing.T) {
 	n := float64(len(payload))
 	labels := `{backend="` + be + `",dataplane="userspace",direction="to_backend"}`
 	labelsBack := `{backend="` + be + `",dataplane="userspace",direction="to_client"}`
+	// The copier counts a chunk once its splice(2) returns, which can be
+	// after the client has read the bytes: wait for the count, bounded.
 	m := scrape(t, p.Proxy)
+	for deadline := time.Now().Add(testTimeout); time.Now().Before(deadline) &&
+		(m["wsplice_backend_bytes_total"+labels] != n || m["wsplice_backend_bytes_total"+labelsBack] != n); {
+		time.Sleep(5 * time.Millisecond)
+		m = scrape(t, p.Proxy)
+	}
 	if m["wsplice_backend_bytes_total"+labels] != n || m["wsplice_backend_bytes_total"+labelsBack] != n {
 		t.Errorf("live pair: bytes %v / %v, want %v each way", m["wsplice_backend_bytes_total"+labels], m["wsplice_backend_bytes_total"+labelsBack], n)
 	}
