@@ -530,9 +530,7 @@ func (s *Splicer) leave(p *pair) {
 
 func (s *Splicer) releasePair(p *pair) {
 	p.mu.Lock()
-	if p.idle != nil {
-		p.idle.Stop()
-	}
+	p.idle.Stop()
 	p.mu.Unlock()
 	s.mu.Lock()
 	delete(s.pairs, p)

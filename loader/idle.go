@@ -3,6 +3,8 @@ package loader
 import (
 	"time"
 
+	"github.com/wsplice/wsplice/userspace/dataplane"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -18,41 +20,29 @@ func (s *Splicer) SetIdleTimeout(d time.Duration) {
 // watchIdle closes p once neither socket has received a byte for the
 // pair's idle timeout. The bytes never reach userspace, so activity comes
 // from the verdict: conn_stats.last_ns, stamped with bpf_ktime_get_ns on
-// every segment (and on the slow path's segments too, which the verdict
-// passes). One timer per pair fires at the earliest moment the pair could
-// be idle; it reads two map entries and either closes the pair or sleeps
-// for the time left. The cost per pair is one wake-up per timeout period
-// at most, whatever the number of pairs.
+// every segment (the slow path's too, which the verdict passes); a check
+// reads the two map entries.
 func (s *Splicer) watchIdle(p *pair) {
-	timeout := time.Duration(s.idleTimeout.Load())
-	if timeout <= 0 {
-		return
-	}
 	start := monoNow()
-	check := func() {
+	w := dataplane.WatchIdle(time.Duration(s.idleTimeout.Load()), func() (time.Duration, bool) {
 		if p.isClosed() {
-			return
+			return 0, false
 		}
-		idle := s.idleFor(p, start)
-		if idle < timeout {
-			p.mu.Lock()
-			if !p.closed {
-				p.idle.Reset(timeout - idle)
-			}
-			p.mu.Unlock()
-			return
-		}
+		return s.idleFor(p, start), true
+	}, func(idle time.Duration) {
 		if s.log.Debug().Enabled() {
 			s.log.Debug().Dur("idle", idle).Msg("idle timeout: closing spliced pair")
 		}
 		s.idleClosed.Add(1)
 		s.closePair(p, false)
-	}
+	})
 	p.mu.Lock()
-	if !p.closed {
-		p.idle = time.AfterFunc(timeout, check)
-	}
+	p.idle = w
+	closed := p.closed
 	p.mu.Unlock()
+	if closed {
+		w.Stop()
+	}
 }
 
 // idleFor is how long neither socket of p has received a byte (or, if

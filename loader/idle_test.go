@@ -20,6 +20,7 @@ func BenchmarkIdleCheck(b *testing.B) {
 			s := newSplicer(b)
 			now := uint64(monoNow())
 			ps := make([]*pair, pairs)
+			timers := make([]*time.Timer, pairs)
 			for i := range ps {
 				p := &pair{}
 				for j := range p.socks {
@@ -29,25 +30,23 @@ func BenchmarkIdleCheck(b *testing.B) {
 					}
 					p.socks[j] = &sock{cookie: cookie, pair: p}
 				}
-				p.idle = time.AfterFunc(time.Hour, func() {})
+				timers[i] = time.AfterFunc(time.Hour, func() {})
 				ps[i] = p
 			}
 			b.Cleanup(func() {
-				for _, p := range ps {
-					p.idle.Stop()
+				for _, t := range timers {
+					t.Stop()
 				}
 			})
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				p := ps[i%pairs]
+				p, t := ps[i%pairs], timers[i%pairs]
 				// What a wake-up of an active pair does.
 				if p.isClosed() {
 					b.Fatal("closed")
 				}
 				idle := s.idleFor(p, 0)
-				p.mu.Lock()
-				p.idle.Reset(time.Hour - idle)
-				p.mu.Unlock()
+				t.Reset(time.Hour - idle)
 			}
 			b.StopTimer()
 			perOp := float64(b.Elapsed().Nanoseconds()) / float64(b.N)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -58,7 +57,7 @@ type pair struct {
 	// the pair's counts while it lives and is told when it ends.
 	meter *dataplane.Meter
 	// idle closes the pair after its idle timeout (watchIdle).
-	idle *time.Timer
+	idle *dataplane.IdleWatch
 	// done tells the proxy the pair is gone (dataplane.Conn.PairDone of
 	// the client), so it can end the connection's backend lease.
 	done func()

@@ -91,7 +91,7 @@ type pair struct {
 	// lastActive is when a byte last moved, in nanoseconds of the
 	// monotonic clock (monoNow); idle watches it.
 	lastActive atomic.Int64
-	idle       *time.Timer
+	idle       *IdleWatch
 }
 
 // touch records activity on p.
@@ -103,30 +103,18 @@ var clockBase = time.Now()
 // monoNow is the monotonic clock in nanoseconds.
 func monoNow() int64 { return int64(time.Since(clockBase)) }
 
-// watchIdle closes p once no byte has moved either way for timeout: a
-// timer per pair, re-armed for the remaining time when it fires early, so
-// the cost is one wake-up per pair per timeout period at most.
+// watchIdle closes p (FIN both ways) once no byte has moved either way
+// for timeout.
 func (u *Userspace) watchIdle(p *pair, timeout time.Duration) {
-	if timeout <= 0 {
-		return
-	}
-	var check func()
-	check = func() {
-		if p.left.Load() == 0 {
-			return
-		}
-		idle := time.Duration(monoNow() - p.lastActive.Load())
-		if idle < timeout {
-			p.idle.Reset(timeout - idle)
-			return
-		}
+	p.idle = WatchIdle(timeout, func() (time.Duration, bool) {
+		return time.Duration(monoNow() - p.lastActive.Load()), p.left.Load() > 0
+	}, func(idle time.Duration) {
 		if u.log.Debug().Enabled() {
 			u.log.Debug().Dur("idle", idle).Msg("idle timeout: closing spliced pair")
 		}
 		u.idleClosed.Add(1)
 		p.closeBoth()
-	}
-	p.idle = time.AfterFunc(timeout, check)
+	})
 }
 
 // Splice implements Dataplane: one copier per direction; a FIN is passed
@@ -301,9 +289,7 @@ func (u *Userspace) finish(p *pair, dst *Conn, err error, total int64, dir strin
 		_ = dst.CloseWrite()
 	}
 	if p.left.Add(-1) == 0 {
-		if p.idle != nil {
-			p.idle.Stop()
-		}
+		p.idle.Stop()
 		_ = p.client.Close()
 		_ = p.backend.Close()
 		u.mu.Lock()
