@@ -19,12 +19,7 @@ type SockState struct {
 
 // DebugPairs lists every spliced pair (client first), for /debug/pairs.
 func (s *Splicer) DebugPairs() any {
-	s.mu.Lock()
-	pairs := make([]*pair, 0, len(s.pairs))
-	for p := range s.pairs {
-		pairs = append(pairs, p)
-	}
-	s.mu.Unlock()
+	pairs := s.livePairs()
 	out := make([][2]SockState, 0, len(pairs))
 	for _, p := range pairs {
 		var row [2]SockState

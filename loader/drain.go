@@ -2,7 +2,9 @@ package loader
 
 import (
 	"errors"
+	"fmt"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -296,7 +298,7 @@ func (s *Splicer) finish(src *sock) bool {
 			s.abort(p, src)
 			return true
 		}
-		ti, err := unix.GetsockoptTCPInfo(src.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		ti, err := tcpInfo(src.fd)
 		if err != nil {
 			s.abort(p, src)
 			return true
@@ -424,8 +426,19 @@ func bytesGivenAtLeast(fd int) (uint64, error) {
 	return ti.Bytes_acked + uint64(outq), nil
 }
 
-func tcpInfo(fd int) (*unix.TCPInfo, error) {
-	return unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+// tcpInfo reads TCP_INFO into a value that stays on the caller's stack:
+// x/sys's GetsockoptTCPInfo allocates one per call, which came to a
+// kilobyte of garbage per handshake (the heap's growth between GCs is
+// the daemon's RSS).
+func tcpInfo(fd int) (unix.TCPInfo, error) {
+	var ti unix.TCPInfo
+	n := uint32(unsafe.Sizeof(ti))
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_INFO,
+		uintptr(unsafe.Pointer(&ti)), uintptr(unsafe.Pointer(&n)), 0)
+	if e != 0 {
+		return ti, fmt.Errorf("getsockopt TCP_INFO: %w", e)
+	}
+	return ti, nil
 }
 
 // writeAll writes b to a non-blocking socket, waiting while it is full.
@@ -453,7 +466,7 @@ func (s *Splicer) writeAll(p *pair, fd int, b []byte) error {
 // rearm re-enables epoll for sk: FIN and errors (and data, once the
 // direction is in userspace), or only errors after FIN.
 func (s *Splicer) rearm(sk *sock, afterFIN bool) {
-	ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(sk.fd)}
+	ev := epollEvent(sk, unix.EPOLLRDHUP|unix.EPOLLONESHOT)
 	if sk.userMode {
 		ev.Events |= unix.EPOLLIN
 	}
@@ -529,13 +542,9 @@ func (s *Splicer) leave(p *pair) {
 }
 
 func (s *Splicer) releasePair(p *pair) {
-	p.mu.Lock()
-	p.idle.Stop()
-	p.mu.Unlock()
+	s.idle.Remove(p)
 	s.mu.Lock()
-	delete(s.pairs, p)
 	for _, sk := range p.socks {
-		delete(s.byFD, int32(sk.fd))
 		delete(s.socks, sk.cookie)
 	}
 	s.mu.Unlock()
@@ -553,10 +562,9 @@ func (s *Splicer) releasePair(p *pair) {
 	}
 	p.final = &final
 	p.mu.Unlock()
-	p.meter.Done()
 	s.spliced.Add(-1)
-	if p.done != nil {
-		p.done()
+	if p.owner != nil {
+		p.owner.PairEnded(p.Counts())
 	}
 }
 

@@ -3,9 +3,9 @@ package loader
 import (
 	"time"
 
-	"github.com/wsplice/wsplice/userspace/dataplane"
-
 	"golang.org/x/sys/unix"
+
+	"github.com/wsplice/wsplice/userspace/dataplane"
 )
 
 // SetIdleTimeout implements dataplane.Dataplane.
@@ -17,44 +17,36 @@ func (s *Splicer) SetIdleTimeout(d time.Duration) {
 	}
 }
 
-// watchIdle closes p once neither socket has received a byte for the
-// pair's idle timeout. The bytes never reach userspace, so activity comes
-// from the verdict: conn_stats.last_ns, stamped with bpf_ktime_get_ns on
-// every segment (the slow path's too, which the verdict passes); a check
-// reads the two map entries.
-func (s *Splicer) watchIdle(p *pair) {
-	start := monoNow()
-	w := dataplane.WatchIdle(time.Duration(s.idleTimeout.Load()), func() (time.Duration, bool) {
-		if p.isClosed() {
-			return 0, false
-		}
-		return s.idleFor(p, start), true
-	}, func(idle time.Duration) {
-		if s.log.Debug().Enabled() {
-			s.log.Debug().Dur("idle", idle).Msg("idle timeout: closing spliced pair")
-		}
-		s.idleClosed.Add(1)
-		s.closePair(p, false)
-	})
-	p.mu.Lock()
-	p.idle = w
-	closed := p.closed
-	p.mu.Unlock()
-	if closed {
-		w.Stop()
-	}
-}
+// IdleEntry implements dataplane.Idler: p is in the Splicer's idle queue,
+// which closes it once neither socket has received a byte for the idle
+// timeout it was spliced with.
+func (p *pair) IdleEntry() *dataplane.IdleEntry { return &p.idle }
 
-// idleFor is how long neither socket of p has received a byte (or, if
-// none has since, how long ago start was): two map lookups.
-func (s *Splicer) idleFor(p *pair, start int64) time.Duration {
-	last := start
+// IdleFor implements dataplane.Idler. The bytes never reach userspace, so
+// activity comes from the verdict: conn_stats.last_ns, stamped with
+// bpf_ktime_get_ns on every segment (the slow path's too, which the
+// verdict passes); a check reads the two map entries.
+func (p *pair) IdleFor() (time.Duration, bool) {
+	if p.isClosed() {
+		return 0, false
+	}
+	last := p.start
 	for _, sk := range p.socks {
-		if st, err := s.stats(sk.cookie); err == nil && int64(st.LastNs) > last {
+		if st, err := p.s.stats(sk.cookie); err == nil && int64(st.LastNs) > last {
 			last = int64(st.LastNs)
 		}
 	}
-	return time.Duration(monoNow() - last)
+	return time.Duration(monoNow() - last), true
+}
+
+// IdleExpire implements dataplane.Idler.
+func (p *pair) IdleExpire(idle time.Duration) {
+	s := p.s
+	if s.log.Debug().Enabled() {
+		s.log.Debug().Dur("idle", idle).Msg("idle timeout: closing spliced pair")
+	}
+	s.idleClosed.Add(1)
+	s.closePair(p, false)
 }
 
 // monoNow reads CLOCK_MONOTONIC in nanoseconds, the clock of

@@ -57,11 +57,13 @@ type Splicer struct {
 	loops    sync.WaitGroup
 	drains   sync.WaitGroup
 
-	mu     sync.Mutex
-	socks  map[uint64]*sock // adopted sockets by cookie
-	byFD   map[int32]*sock  // spliced sockets by their (duplicated) fd
-	pairs  map[*pair]struct{}
+	mu sync.Mutex
+	// socks are the adopted sockets by cookie: the one index of
+	// sockets and spliced pairs (a pair is found from its sockets).
+	socks  map[uint64]*sock
 	closed bool
+	// idle closes pairs idle for their timeout.
+	idle *dataplane.IdleQueue
 
 	spliced        atomic.Int64
 	splicedTotal   atomic.Uint64
@@ -84,8 +86,7 @@ func New(log zerolog.Logger, opts Options) (_ *Splicer, err error) {
 		epfd:     -1,
 		wakefd:   -1,
 		socks:    make(map[uint64]*sock),
-		byFD:     make(map[int32]*sock),
-		pairs:    make(map[*pair]struct{}),
+		idle:     dataplane.NewIdleQueue(),
 	}
 	defer func() {
 		if err != nil {
@@ -127,7 +128,8 @@ func New(log zerolog.Logger, opts Options) (_ *Splicer, err error) {
 	if s.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(s.wakefd)}
+	// The eventfd's data is cookie 0, which no socket has.
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
 	if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, s.wakefd, &ev); err != nil {
 		return nil, fmt.Errorf("epoll_ctl add eventfd: %w", err)
 	}
@@ -252,14 +254,15 @@ func (s *Splicer) epollLoop() {
 			s.log.Error().Err(err).Msg("epoll_wait failed; close detection stops")
 			return
 		}
-		for _, ev := range events[:n] {
-			if ev.Fd == int32(s.wakefd) {
-				return
+		for i := range events[:n] {
+			cookie := eventCookie(&events[i])
+			if cookie == 0 {
+				return // the eventfd: stop
 			}
 			s.mu.Lock()
-			sk := s.byFD[ev.Fd]
+			sk := s.socks[cookie]
 			s.mu.Unlock()
-			if sk != nil {
+			if ev := events[i]; sk != nil && sk.pair != nil {
 				s.kick(sk, ev.Events)
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -43,8 +44,12 @@ type sock struct {
 	again    bool // another event came while draining
 }
 
-// pair is a spliced client/backend pair.
+// pair is a spliced client/backend pair. It is all the daemon keeps of an
+// established connection (with its two socks, their map entries and the
+// proxy's Owner), so its size is the daemon's memory per idle connection:
+// keep it small.
 type pair struct {
+	s      *Splicer
 	mu     sync.Mutex
 	socks  [2]*sock // client, backend
 	closed bool
@@ -53,14 +58,17 @@ type pair struct {
 	// before that are kept in pending (per socket) and replayed then.
 	ready   bool
 	pending [2]uint32
-	// meter is the client Conn's Meter (nil: not followed): it reads
-	// the pair's counts while it lives and is told when it ends.
-	meter *dataplane.Meter
-	// idle closes the pair after its idle timeout (watchIdle).
-	idle *dataplane.IdleWatch
-	// done tells the proxy the pair is gone (dataplane.Conn.PairDone of
-	// the client), so it can end the connection's backend lease.
-	done func()
+	// owner is the client Conn's Owner (nil: nobody is told): told
+	// when the pair starts and ends.
+	owner dataplane.Owner
+	// base is what the proxy had read from each socket by Splice: the
+	// pair's counts start there.
+	base [2]uint64
+	// start is when the pair was spliced (monoNow): idle from there if
+	// no byte ever arrives.
+	start int64
+	// idle is the pair's place in the Splicer's idle queue.
+	idle dataplane.IdleEntry
 	// final holds each socket's redirected count once the pair is
 	// released and its counters freed.
 	final *[2]uint64
@@ -241,8 +249,7 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	if client.TLS != nil || client.KTLS || backend.TLS != nil || backend.KTLS {
 		return s.spliceFallback(client, backend, toClient)
 	}
-	p := &pair{socks: [2]*sock{cs, bs}, meter: client.Meter, done: client.PairDone}
-	p.meter.SetPath(s.Name())
+	p := &pair{s: s, socks: [2]*sock{cs, bs}, owner: client.Owner}
 	cs.peer, bs.peer = bs, cs
 	for _, sk := range p.socks {
 		fd, err := dupFD(sk.conn.TCPConn)
@@ -264,14 +271,12 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	s.mu.Lock()
 	for _, sk := range p.socks {
 		sk.pair = p
-		s.byFD[int32(sk.fd)] = sk
 	}
-	s.pairs[p] = struct{}{}
 	s.mu.Unlock()
 	s.spliced.Add(1)
 	s.splicedTotal.Add(1)
 	for _, sk := range p.socks {
-		ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(sk.fd)}
+		ev := epollEvent(sk, unix.EPOLLRDHUP|unix.EPOLLONESHOT)
 		if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, sk.fd, &ev); err != nil {
 			client.TCPConn.Close()
 			backend.TCPConn.Close()
@@ -314,10 +319,7 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 		return fail(err)
 	}
 	cs.written = uint64(client.BytesWritten())
-	if p.meter != nil {
-		base := [2]uint64{cs.consumed, bs.consumed}
-		p.meter.SetKernel(func() dataplane.PairCounts { return s.pairCounts(p, base) })
-	}
+	p.base = [2]uint64{cs.consumed, bs.consumed}
 	for _, sk := range p.socks {
 		if spliceRcvBuf > 0 {
 			_ = sk.conn.SetReadBuffer(spliceRcvBuf)
@@ -327,14 +329,17 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 		sk.conn.TCPConn.Close()
 		sk.conn = nil
 	}
+	// From now on the proxy may close the pair through its handle (a
+	// drain deadline); PairEnded comes later, after ready.
+	if p.owner != nil {
+		p.owner.PairStarted(s.Name(), p)
+	}
 	p.mu.Lock()
 	p.ready = true
 	pending := p.pending
 	p.mu.Unlock()
-	s.watchIdle(p)
-	// From now on the proxy may close the pair through the client Conn
-	// (a drain deadline); a no-op if it is already gone.
-	client.SetPairCloser(func() { s.closePair(p, false) })
+	p.start = monoNow()
+	s.idle.Add(p, time.Duration(s.idleTimeout.Load()))
 	// Bytes that arrived before a switch were passed without a notice:
 	// drain them now if there are any; replay held events.
 	for i, sk := range p.socks {
@@ -366,23 +371,51 @@ func verdictBarrier(fd int) error {
 	return nil
 }
 
-// pairCounts reads what p moved since Splice, each way: what the verdict
-// redirected plus what the slow path forwarded (consumed beyond base, the
-// bytes the proxy had read by Splice). For metrics; it costs two map
-// lookups while the pair lives, none once it is released.
-func (s *Splicer) pairCounts(p *pair, base [2]uint64) dataplane.PairCounts {
+// Counts implements dataplane.Pair: what p moved since Splice, each way:
+// what the verdict redirected plus what the slow path forwarded (consumed
+// beyond base). For metrics; it costs two map lookups while the pair
+// lives, none once it is released.
+func (p *pair) Counts() dataplane.PairCounts {
 	var n [2]uint64
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i, sk := range p.socks {
 		if p.final != nil {
 			n[i] = p.final[i]
-		} else if st, err := s.stats(sk.cookie); err == nil {
+		} else if st, err := p.s.stats(sk.cookie); err == nil {
 			n[i] = st.Redirected
 		}
-		n[i] += sk.consumed - base[i]
+		n[i] += sk.consumed - p.base[i]
 	}
 	return dataplane.PairCounts{ToBackend: n[0], ToClient: n[1]}
+}
+
+// Close implements dataplane.Pair.
+func (p *pair) Close() { p.s.closePair(p, false) }
+
+// epollEvent is the epoll registration of a spliced socket: its cookie
+// is the event's data (Fd and Pad hold its two halves), so the epoll loop
+// finds the socket in the one map of adopted sockets.
+func epollEvent(sk *sock, events uint32) unix.EpollEvent {
+	return unix.EpollEvent{Events: events, Fd: int32(uint32(sk.cookie)), Pad: int32(uint32(sk.cookie >> 32))}
+}
+
+// eventCookie is the cookie epollEvent stored in ev.
+func eventCookie(ev *unix.EpollEvent) uint64 {
+	return uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+}
+
+// livePairs returns the spliced pairs (each once, from its client sock).
+func (s *Splicer) livePairs() []*pair {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pairs := make([]*pair, 0, s.spliced.Load())
+	for _, sk := range s.socks {
+		if p := sk.pair; p != nil && p.socks[0] == sk {
+			pairs = append(pairs, p)
+		}
+	}
+	return pairs
 }
 
 // spliceFallback hands a pair the kernel path cannot take to the fallback.
@@ -433,12 +466,8 @@ func (s *Splicer) Close() error {
 		return nil
 	}
 	s.closed = true
-	pairs := make([]*pair, 0, len(s.pairs))
-	for p := range s.pairs {
-		pairs = append(pairs, p)
-	}
 	s.mu.Unlock()
-	for _, p := range pairs {
+	for _, p := range s.livePairs() {
 		s.closePair(p, false)
 	}
 	var err error
@@ -446,6 +475,7 @@ func (s *Splicer) Close() error {
 		err = s.fallback.Close()
 	}
 	s.drains.Wait()
+	s.idle.Stop()
 	s.release()
 	return err
 }

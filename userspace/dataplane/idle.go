@@ -1,40 +1,183 @@
 package dataplane
 
-import "time"
+import (
+	"container/heap"
+	"sync"
+	"time"
+)
 
-// IdleWatch closes a spliced pair that moved no byte for its idle timeout.
-// Both data paths use it; each says how long its pair has been idle.
-type IdleWatch struct{ t *time.Timer }
-
-// WatchIdle checks idleFor at the earliest moment the pair could have been
-// idle for timeout: if it has, expire runs (once); if not, the check sleeps
-// for the time left. So a pair costs one wake-up per timeout period at
-// most, whatever the number of pairs. idleFor reports false once the pair
-// is gone. A timeout <= 0 watches nothing (nil).
-func WatchIdle(timeout time.Duration, idleFor func() (time.Duration, bool), expire func(idle time.Duration)) *IdleWatch {
-	if timeout <= 0 {
-		return nil
-	}
-	w := &IdleWatch{}
-	// Created far in the future and armed once w.t is set, so the check
-	// never runs before it can re-arm itself.
-	w.t = time.AfterFunc(time.Hour, func() {
-		idle, alive := idleFor()
-		switch {
-		case !alive:
-		case idle < timeout:
-			w.t.Reset(timeout - idle)
-		default:
-			expire(idle)
-		}
-	})
-	w.t.Reset(timeout)
-	return w
+// IdleQueue closes spliced pairs that moved no byte for their idle timeout.
+// Both data paths use one. It holds every watched pair in a heap ordered by
+// the pair's next check and runs one timer for all of them, so a pair
+// costs an IdleEntry and a heap slot (tens of bytes), not a Go timer and
+// closures of its own; at 10,000 idle pairs that difference is most of the
+// daemon's memory per connection.
+//
+// A check runs at the earliest moment a pair could have been idle for its
+// timeout: if it has, the pair is expired; if not, the check is queued
+// again for the time left. So a pair costs one check per timeout period
+// at most, however busy it is.
+type IdleQueue struct {
+	mu      sync.Mutex
+	items   idleHeap
+	timer   *time.Timer
+	armedAt int64 // when the timer fires (idleNow), 0 when not armed
+	stopped bool
 }
 
-// Stop stops watching (the pair ended). A nil IdleWatch is fine.
-func (w *IdleWatch) Stop() {
-	if w != nil {
-		w.t.Stop()
+// IdleEntry is embedded in (or held by) a pair an IdleQueue watches.
+type IdleEntry struct {
+	timeout int64 // ns
+	at      int64 // next check (idleNow)
+	index   int32 // in the heap; -1 when not queued
+	removed bool
+}
+
+// Idler is a pair an IdleQueue watches.
+type Idler interface {
+	// IdleEntry is the pair's queue state.
+	IdleEntry() *IdleEntry
+	// IdleFor is how long the pair has moved no byte; false once it has
+	// ended.
+	IdleFor() (time.Duration, bool)
+	// IdleExpire closes the pair, idle for idle.
+	IdleExpire(idle time.Duration)
+}
+
+var idleBase = time.Now()
+
+// idleNow is the queue's clock: monotonic nanoseconds.
+func idleNow() int64 { return int64(time.Since(idleBase)) }
+
+// NewIdleQueue returns an empty queue.
+func NewIdleQueue() *IdleQueue {
+	q := &IdleQueue{}
+	q.timer = time.AfterFunc(time.Hour, q.fire)
+	q.timer.Stop()
+	return q
+}
+
+// Add watches x with timeout (<= 0: not watched), from now on. Each pair
+// is added once.
+func (q *IdleQueue) Add(x Idler, timeout time.Duration) {
+	e := x.IdleEntry()
+	e.index = -1
+	if timeout <= 0 {
+		return
 	}
+	now := idleNow()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.stopped || e.removed {
+		return
+	}
+	e.timeout = int64(timeout)
+	e.at = now + e.timeout
+	heap.Push(&q.items, x)
+	q.arm(now)
+}
+
+// Remove stops watching x (its pair ended). Safe to call more than once,
+// and for a pair never added.
+func (q *IdleQueue) Remove(x Idler) {
+	e := x.IdleEntry()
+	q.mu.Lock()
+	e.removed = true
+	if e.index >= 0 && int(e.index) < len(q.items) && q.items[e.index] == x {
+		heap.Remove(&q.items, int(e.index))
+	}
+	q.mu.Unlock()
+}
+
+// Len is the number of pairs queued.
+func (q *IdleQueue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
+// Stop stops the timer and forgets every pair.
+func (q *IdleQueue) Stop() {
+	q.mu.Lock()
+	q.stopped = true
+	q.timer.Stop()
+	for _, x := range q.items {
+		x.IdleEntry().index = -1
+	}
+	q.items = nil
+	q.mu.Unlock()
+}
+
+// arm sets the timer for the earliest check, unless it already fires
+// earlier. Called with mu held.
+func (q *IdleQueue) arm(now int64) {
+	if len(q.items) == 0 || q.stopped {
+		return
+	}
+	at := q.items[0].IdleEntry().at
+	if q.armedAt != 0 && q.armedAt <= at {
+		return
+	}
+	q.armedAt = at
+	q.timer.Reset(time.Duration(max(at-now, 0)))
+}
+
+// fire runs the checks that are due. IdleFor and IdleExpire run outside
+// the lock: they read the kernel's maps and close sockets.
+func (q *IdleQueue) fire() {
+	now := idleNow()
+	q.mu.Lock()
+	q.armedAt = 0
+	var due []Idler
+	for len(q.items) > 0 && q.items[0].IdleEntry().at <= now {
+		due = append(due, heap.Pop(&q.items).(Idler))
+	}
+	q.mu.Unlock()
+	for _, x := range due {
+		e := x.IdleEntry()
+		idle, alive := x.IdleFor()
+		if !alive {
+			continue
+		}
+		if idle >= time.Duration(e.timeout) {
+			x.IdleExpire(idle)
+			continue
+		}
+		q.mu.Lock()
+		if !e.removed && !q.stopped {
+			e.at = idleNow() + e.timeout - int64(idle)
+			heap.Push(&q.items, x)
+		}
+		q.mu.Unlock()
+	}
+	q.mu.Lock()
+	q.arm(idleNow())
+	q.mu.Unlock()
+}
+
+// idleHeap is a min-heap of pairs by next check.
+type idleHeap []Idler
+
+func (h idleHeap) Len() int           { return len(h) }
+func (h idleHeap) Less(i, j int) bool { return h[i].IdleEntry().at < h[j].IdleEntry().at }
+func (h idleHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].IdleEntry().index = int32(i)
+	h[j].IdleEntry().index = int32(j)
+}
+func (h *idleHeap) Push(x any) {
+	x.(Idler).IdleEntry().index = int32(len(*h))
+	*h = append(*h, x.(Idler))
+}
+func (h *idleHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	x.IdleEntry().index = -1
+	if cap(*h) > 64 && len(*h) < cap(*h)/4 {
+		// Give memory back after a wave of connections has gone.
+		*h = append(idleHeap(nil), *h...)
+	}
+	return x
 }

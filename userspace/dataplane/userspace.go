@@ -43,6 +43,7 @@ type Userspace struct {
 	bytes        atomic.Uint64
 	idleClosed   atomic.Uint64
 	idleTimeout  atomic.Int64 // time.Duration for pairs spliced from now on
+	idle         *IdleQueue
 }
 
 // SetIdleTimeout implements Dataplane.
@@ -50,7 +51,7 @@ func (u *Userspace) SetIdleTimeout(d time.Duration) { u.idleTimeout.Store(int64(
 
 // NewUserspace returns the userspace data path.
 func NewUserspace(log zerolog.Logger) Dataplane {
-	return &Userspace{log: log, pairs: make(map[*pair]struct{})}
+	return &Userspace{log: log, pairs: make(map[*pair]struct{}), idle: NewIdleQueue()}
 }
 
 // Name implements Dataplane.
@@ -84,14 +85,53 @@ func (u *Userspace) Stats() Stats {
 
 // pair is one spliced client/backend pair.
 type pair struct {
+	u               *Userspace
 	client, backend *Conn
-	meter           *Meter // of the client Conn, or nil
+	owner           Owner // of the client Conn, or nil
 	abortOnce       sync.Once
 	left            atomic.Int32 // directions still copying
+	// Bytes moved since Splice, each way.
+	toBackend, toClient atomic.Uint64
 	// lastActive is when a byte last moved, in nanoseconds of the
-	// monotonic clock (monoNow); idle watches it.
+	// monotonic clock (monoNow); the idle queue watches it.
 	lastActive atomic.Int64
-	idle       *IdleWatch
+	idle       IdleEntry
+}
+
+// moved counts n bytes moved towards dst.
+func (p *pair) moved(dst *Conn, n int64) {
+	if n <= 0 {
+		return
+	}
+	if dst == p.backend {
+		p.toBackend.Add(uint64(n))
+	} else {
+		p.toClient.Add(uint64(n))
+	}
+	p.touch()
+}
+
+// Counts implements Pair.
+func (p *pair) Counts() PairCounts {
+	return PairCounts{ToBackend: p.toBackend.Load(), ToClient: p.toClient.Load()}
+}
+
+// Close implements Pair.
+func (p *pair) Close() { p.closeBoth() }
+
+// IdleEntry, IdleFor and IdleExpire implement Idler.
+func (p *pair) IdleEntry() *IdleEntry { return &p.idle }
+
+func (p *pair) IdleFor() (time.Duration, bool) {
+	return time.Duration(monoNow() - p.lastActive.Load()), p.left.Load() > 0
+}
+
+func (p *pair) IdleExpire(idle time.Duration) {
+	if p.u.log.Debug().Enabled() {
+		p.u.log.Debug().Dur("idle", idle).Msg("idle timeout: closing spliced pair")
+	}
+	p.u.idleClosed.Add(1)
+	p.closeBoth()
 }
 
 // touch records activity on p.
@@ -103,32 +143,17 @@ var clockBase = time.Now()
 // monoNow is the monotonic clock in nanoseconds.
 func monoNow() int64 { return int64(time.Since(clockBase)) }
 
-// watchIdle closes p (FIN both ways) once no byte has moved either way
-// for timeout.
-func (u *Userspace) watchIdle(p *pair, timeout time.Duration) {
-	p.idle = WatchIdle(timeout, func() (time.Duration, bool) {
-		return time.Duration(monoNow() - p.lastActive.Load()), p.left.Load() > 0
-	}, func(idle time.Duration) {
-		if u.log.Debug().Enabled() {
-			u.log.Debug().Dur("idle", idle).Msg("idle timeout: closing spliced pair")
-		}
-		u.idleClosed.Add(1)
-		p.closeBoth()
-	})
-}
-
 // Splice implements Dataplane: one copier per direction; a FIN is passed
 // on as a half-close, a reset as a reset, and both sockets close when both
 // directions are done.
 func (u *Userspace) Splice(client, backend *Conn, toClient []byte) error {
-	client.Meter.SetPath(u.Name())
 	if _, err := client.Write(toClient); err != nil {
 		_ = client.Close()
 		_ = backend.Close()
 		return fmt.Errorf("write to client: %w", err)
 	}
 	_ = client.SetWriteDeadline(time.Time{})
-	p := &pair{client: client, backend: backend, meter: client.Meter}
+	p := &pair{u: u, client: client, backend: backend, owner: client.Owner}
 	p.left.Store(2)
 	p.touch()
 	u.mu.Lock()
@@ -141,12 +166,14 @@ func (u *Userspace) Splice(client, backend *Conn, toClient []byte) error {
 	u.pairs[p] = struct{}{}
 	u.wg.Add(2)
 	u.mu.Unlock()
-	client.SetPairCloser(p.closeBoth)
+	if p.owner != nil {
+		p.owner.PairStarted(u.Name(), p)
+	}
 	u.spliced.Add(1)
 	u.splicedTotal.Add(1)
 	_ = client.SetReadBuffer(spliceReadBuffer)
 	_ = backend.SetReadBuffer(spliceReadBuffer)
-	u.watchIdle(p, time.Duration(u.idleTimeout.Load()))
+	u.idle.Add(p, time.Duration(u.idleTimeout.Load()))
 	if client.TLS != nil || backend.TLS != nil {
 		// The socket holds ciphertext: bytes go through the TLS session.
 		go u.tlsCopier(p, backend, client, "client_to_backend")
@@ -182,8 +209,7 @@ func (u *Userspace) tlsCopier(p *pair, dst, src *Conn, dir string) {
 			}
 			total += int64(n)
 			u.bytes.Add(uint64(n))
-			p.meter.Add(dst == p.backend, int64(n))
-			p.touch()
+			p.moved(dst, int64(n))
 		}
 		if err != nil {
 			break
@@ -210,7 +236,7 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 		// handed over): its bytes wait in the psock queue, which only
 		// recvmsg reads. splice(2) and SIOCINQ see the TCP queue, which
 		// the verdict has already emptied, and would wait forever.
-		total, err = copyRead(dst, src, &u.bytes, p.meter, dst == p.backend, p.touch)
+		total, err = copyRead(dst, src, &u.bytes, p)
 		u.finish(p, dst, err, total, dir)
 		return
 	}
@@ -232,10 +258,7 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 		src.read.Add(n)
 		dst.written.Add(n)
 		u.bytes.Add(uint64(n))
-		p.meter.Add(dst == p.backend, n)
-		if n > 0 {
-			p.touch()
-		}
+		p.moved(dst, n)
 		if n == 0 && err == nil {
 			break // EOF
 		}
@@ -289,15 +312,16 @@ func (u *Userspace) finish(p *pair, dst *Conn, err error, total int64, dir strin
 		_ = dst.CloseWrite()
 	}
 	if p.left.Add(-1) == 0 {
-		p.idle.Stop()
+		u.idle.Remove(p)
 		_ = p.client.Close()
 		_ = p.backend.Close()
 		u.mu.Lock()
 		delete(u.pairs, p)
 		u.mu.Unlock()
 		u.spliced.Add(-1)
-		p.meter.Done()
-		p.client.PairDone()
+		if p.owner != nil {
+			p.owner.PairEnded(p.Counts())
+		}
 	}
 }
 
@@ -360,12 +384,13 @@ func (u *Userspace) Close() error {
 	}
 	u.mu.Unlock()
 	u.wg.Wait()
+	u.idle.Stop()
 	return nil
 }
 
 // copyRead moves src to dst with read(2)/write(2) through a buffer,
 // counting as it goes; it returns nil at EOF.
-func copyRead(dst, src *Conn, moved *atomic.Uint64, meter *Meter, toBackend bool, touch func()) (int64, error) {
+func copyRead(dst, src *Conn, moved *atomic.Uint64, p *pair) (int64, error) {
 	buf := make([]byte, 64<<10)
 	var total int64
 	for {
@@ -375,9 +400,8 @@ func copyRead(dst, src *Conn, moved *atomic.Uint64, meter *Meter, toBackend bool
 			m, werr := dst.TCPConn.Write(buf[:n])
 			dst.written.Add(int64(m))
 			moved.Add(uint64(m))
-			meter.Add(toBackend, int64(m))
+			p.moved(dst, int64(m))
 			total += int64(m)
-			touch()
 			if werr != nil {
 				return total, werr
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/wsplice/wsplice/userspace/backend"
 	"github.com/wsplice/wsplice/userspace/dataplane"
 	"github.com/wsplice/wsplice/userspace/limit"
 )
@@ -129,18 +130,28 @@ func (m *metrics) handshakeDone(status int, start time.Time) {
 
 // tracked is one admitted client connection for metrics, limits and
 // drain: it is live from accept until it is released unspliced or its
-// spliced pair ends.
+// spliced pair ends. Once spliced it is the pair's dataplane.Owner, and
+// with the data plane's own pair it is all the daemon keeps of an
+// established connection: the client's Conn, its clientConn and every
+// handshake buffer are garbage by then. Keep it small.
 type tracked struct {
 	p        *Proxy
 	listener string
 	ticket   *limit.Ticket
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// cc is the connection while its handshake runs: what a drain
+	// deadline closes until the pair exists.
+	cc      *clientConn
+	lease   *backend.Lease // from splicing until the pair ends
 	backend string
 	path    string
-	meter   *dataplane.Meter
-	spliced bool // counted as spliced (after Splice returned)
-	ended   bool
+	pair    dataplane.Pair // once spliced
+	// handedOver is set when the connection was handed to Splice: from
+	// then on PairEnded ends it, not release.
+	handedOver bool
+	spliced    bool // counted as spliced
+	ended      bool
 }
 
 func (p *Proxy) track(listener string, ticket *limit.Ticket) *tracked {
@@ -150,6 +161,20 @@ func (p *Proxy) track(listener string, ticket *limit.Ticket) *tracked {
 	return t
 }
 
+// close ends the connection wherever it is (a drain deadline): its
+// spliced pair, or the client and handshake backend connections.
+func (t *tracked) close() {
+	t.mu.Lock()
+	pair, cc := t.pair, t.cc
+	t.mu.Unlock()
+	switch {
+	case pair != nil:
+		pair.Close()
+	case cc != nil:
+		cc.abort()
+	}
+}
+
 // release ends a connection that was not spliced.
 func (t *tracked) release() {
 	if t == nil {
@@ -157,7 +182,7 @@ func (t *tracked) release() {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.ended || t.meter != nil {
+	if t.ended || t.handedOver {
 		return
 	}
 	t.ended = true
@@ -165,50 +190,54 @@ func (t *tracked) release() {
 	t.ticket.Release()
 }
 
-// splicing gives the Meter to set on the client Conn before Splice for
-// a pair with backend be; the connection leaves the handshake state.
-func (t *tracked) splicing(be string) *dataplane.Meter {
+// splicing is called before Splice hands the pair with lease's backend
+// over: the connection leaves the handshake state, and the lease is kept
+// until the pair ends.
+func (t *tracked) splicing(l *backend.Lease) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.backend = be
-	t.meter = dataplane.NewMeter(t.pairDone)
+	t.handedOver = true
+	t.lease = l
+	t.backend = l.Backend().Addr()
 	t.p.metrics.live.WithLabelValues(t.listener, "", stateHandshake, t.p.dp.Name()).Dec()
 	t.p.metrics.bytes.add(t)
-	return t.meter
 }
 
-// spliced records that Splice handed the pair over (err nil) or failed.
-func (t *tracked) splicedResult(err error) {
-	if err != nil {
-		t.meter.Done()
-		return
-	}
+// PairStarted implements dataplane.Owner: the pair is carried by path.
+// The handshake's connection is let go: from now on only the pair is
+// kept.
+func (t *tracked) PairStarted(path string, p dataplane.Pair) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.path, t.pair, t.cc = path, p, nil
 	if t.ended {
-		return // the pair is already over
+		return
 	}
 	t.spliced = true
-	t.path = t.meter.Path()
-	t.p.metrics.live.WithLabelValues(t.listener, t.backend, stateSpliced, t.path).Inc()
-	t.p.metrics.splicedTotal.WithLabelValues(t.listener, t.backend, t.path).Inc()
+	t.p.metrics.live.WithLabelValues(t.listener, t.backend, stateSpliced, path).Inc()
+	t.p.metrics.splicedTotal.WithLabelValues(t.listener, t.backend, path).Inc()
 	t.p.splicedLive.Add(1)
 }
 
-// pairDone is the Meter's end: the pair's bytes move to the closed totals.
-func (t *tracked) pairDone(c dataplane.PairCounts) {
+// PairEnded implements dataplane.Owner; the proxy also calls it when
+// Splice fails. The pair's bytes move to the closed totals, the backend
+// lease and the limiter's ticket are released.
+func (t *tracked) PairEnded(c dataplane.PairCounts) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.ended {
+		t.mu.Unlock()
 		return
 	}
 	t.ended = true
-	path := t.meter.Path()
 	if t.spliced {
 		t.p.metrics.live.WithLabelValues(t.listener, t.backend, stateSpliced, t.path).Dec()
 		t.p.splicedLive.Add(-1)
 	}
-	t.p.metrics.bytes.done(t, t.backend, path, c)
+	t.p.metrics.bytes.done(t, t.backend, t.path, c)
+	l := t.lease
+	t.lease, t.pair, t.cc = nil, nil, nil
+	t.mu.Unlock()
+	l.Release()
 	t.ticket.Release()
 }
 
@@ -256,13 +285,15 @@ func (b *bytesCollector) Collect(ch chan<- prometheus.Metric) {
 	// ends meanwhile is counted in neither or, if it ended after the copy
 	// above, in its live value: the next scrape has it in closed.
 	for _, t := range live {
-		path := t.meter.Path()
-		if path == "" {
-			continue // Splice has not started
+		t.mu.Lock()
+		be, path, pair := t.backend, t.path, t.pair
+		t.mu.Unlock()
+		if pair == nil {
+			continue // Splice has not handed it over yet
 		}
-		c := t.meter.Counts()
-		sum[bytesKey{t.backend, "to_backend", path}] += c.ToBackend
-		sum[bytesKey{t.backend, "to_client", path}] += c.ToClient
+		c := pair.Counts()
+		sum[bytesKey{be, "to_backend", path}] += c.ToBackend
+		sum[bytesKey{be, "to_client", path}] += c.ToClient
 	}
 	for k, v := range sum {
 		ch <- prometheus.MustNewConstMetric(b.desc, prometheus.CounterValue, float64(v), k.backend, k.direction, k.path)

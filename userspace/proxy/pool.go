@@ -91,8 +91,9 @@ func (cc *clientConn) connectBackend(req *backend.Request) (*backend.Lease, *dat
 		}
 		b := l.Backend()
 		// Until spliced, the client connection (and the handshake's
-		// backend connection) is what a drain deadline closes.
-		l.SetCloser(cc.abort)
+		// backend connection) is what a drain deadline closes; then
+		// the pair (tracked.close).
+		l.SetCloser(cc.track.close)
 		c, err := p.dialBackend(cc, b.Addr())
 		if err == nil {
 			p.reportConnect(b, nil)
@@ -113,12 +114,9 @@ func (cc *clientConn) connectBackend(req *backend.Request) (*backend.Lease, *dat
 	}
 }
 
-// abort closes cc wherever it is: its spliced pair, or the client and
-// handshake backend connections.
+// abort closes the client and handshake backend connections of cc (not
+// spliced).
 func (cc *clientConn) abort() {
-	if cc.conn.ClosePair() {
-		return
-	}
 	_ = cc.conn.Close()
 	if b := cc.backend.Load(); b != nil {
 		_ = b.Close()
@@ -128,12 +126,10 @@ func (cc *clientConn) abort() {
 // spliceWithLease hands the pair to the data plane with the lease kept
 // until the data plane reports the pair closed (or Splice fails).
 func (cc *clientConn) spliceWithLease(l *backend.Lease, bconn *dataplane.Conn, toClient []byte) error {
-	cc.conn.OnPairDone(l.Release)
-	cc.conn.Meter = cc.track.splicing(l.Backend().Addr())
-	err := cc.p.dp.Splice(cc.conn, bconn, toClient)
-	cc.track.splicedResult(err)
-	if err != nil {
-		l.Release()
+	cc.track.splicing(l)
+	cc.conn.Owner = cc.track
+	if err := cc.p.dp.Splice(cc.conn, bconn, toClient); err != nil {
+		cc.track.PairEnded(dataplane.PairCounts{}) // releases l
 		return err
 	}
 	return nil

@@ -343,6 +343,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		close(adminDone)
 	}
 	p.pool.Start()
+	go p.trimAfterBursts(ctx)
 	for i, ln := range p.lns {
 		p.wg.Add(1)
 		go p.acceptLoop(ln, p.kinds[i])
@@ -502,6 +503,7 @@ func (p *Proxy) acceptLoop(ln *net.TCPListener, kind listenerKind) {
 			continue
 		}
 		cc := &clientConn{p: p, conn: conn, kind: kind, track: p.track(listener, ticket)}
+		cc.track.cc = cc
 		cc.idle.Store(true)
 		p.mu.Lock()
 		if p.shuttingDown.Load() {
