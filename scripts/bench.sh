@@ -36,7 +36,7 @@
 #   PERF [1: perf profile of the closed-loop run on the kernel and userspace paths]
 #   OUT [bench/results/<UTC date-time>]  LATEST [1: copy the report to
 #   bench/results/latest.md and its charts, for the README; 0 in smoke runs]
-#   NO_PROVISION [0]
+#   NO_PROVISION [0]  PORT_BASE [19000: ports PORT_BASE+100..+394]
 #
 # Nothing is pinned to a CPU: with two vCPUs, pinning the generator, the
 # proxy and the backend apart would leave one of them a shared core anyway;
@@ -103,9 +103,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-backend_port=19100
-declare -A port=([direct]=19100 [sockmap]=19201 [userspace]=19202 [haproxy]=19203 [nginx]=19204
-	[wsplice-tls]=19301 [haproxy-tls]=19303 [nginx-tls]=19304)
+# PORT_BASE moves every port (so two runs can share a host).
+pb=${PORT_BASE:-19000}
+backend_port=$((pb + 100))
+declare -A port=([direct]=$((pb + 100)) [sockmap]=$((pb + 201)) [userspace]=$((pb + 202)) [haproxy]=$((pb + 203))
+	[nginx]=$((pb + 204)) [wsplice-tls]=$((pb + 301)) [haproxy-tls]=$((pb + 303)) [nginx-tls]=$((pb + 304)))
 backend=127.0.0.1:$backend_port
 
 wait_port() { # wait until something accepts on 127.0.0.1:$1
