@@ -334,16 +334,19 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	if p.owner != nil {
 		p.owner.PairStarted(s.Name(), p)
 	}
+	p.start = monoNow()
+	// Read before ready: from then on drains own consumed. A drain that
+	// moves it meanwhile only makes the check below kick once more.
+	consumed := [2]uint64{cs.consumed, bs.consumed}
 	p.mu.Lock()
 	p.ready = true
 	pending := p.pending
 	p.mu.Unlock()
-	p.start = monoNow()
 	s.idle.Add(p, time.Duration(s.idleTimeout.Load()))
 	// Bytes that arrived before a switch were passed without a notice:
 	// drain them now if there are any; replay held events.
 	for i, sk := range p.socks {
-		if st, err := s.stats(sk.cookie); err == nil && st.Passed != sk.consumed {
+		if st, err := s.stats(sk.cookie); err == nil && st.Passed != consumed[i] {
 			pending[i] |= kickHeld
 		}
 		if pending[i] != 0 {

@@ -29,7 +29,7 @@ type IdleQueue struct {
 type IdleEntry struct {
 	timeout int64 // ns
 	at      int64 // next check (idleNow)
-	index   int32 // in the heap; -1 when not queued
+	index   int32 // in the heap, when queued (Remove checks the slot holds it)
 	removed bool
 }
 
@@ -60,14 +60,14 @@ func NewIdleQueue() *IdleQueue {
 // Add watches x with timeout (<= 0: not watched), from now on. Each pair
 // is added once.
 func (q *IdleQueue) Add(x Idler, timeout time.Duration) {
-	e := x.IdleEntry()
-	e.index = -1
 	if timeout <= 0 {
 		return
 	}
+	e := x.IdleEntry()
 	now := idleNow()
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	// Remove may have come first (the pair ended as it was spliced).
 	if q.stopped || e.removed {
 		return
 	}
