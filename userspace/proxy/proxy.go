@@ -174,9 +174,9 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 	}
 	for i, addrs := range [][]string{cfg.Listen, cfg.TLSListen, cfg.TCPListen, cfg.TCPTLSListen} {
 		for _, addr := range addrs {
-			// No Go default keepalive on accepted sockets: acceptLoop
-			// sets the configured one (keepAlive), and setting both
-			// cost four setsockopt calls per connection for nothing.
+			// No Go default keepalive on accepted sockets: they
+			// inherit the configured one from the listener
+			// (setListenersKeepAlive).
 			ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
 			if err != nil {
 				p.closeListeners()
@@ -185,6 +185,10 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 			p.lns = append(p.lns, ln.(*net.TCPListener))
 			p.kinds = append(p.kinds, listenerKind(i))
 		}
+	}
+	if err := p.setListenersKeepAlive(cfg.TCPKeepAliveOff); err != nil {
+		p.closeListeners()
+		return nil, err
 	}
 	if cfg.Admin != "" {
 		if p.admin, err = listenAdmin(cfg.Admin); err != nil {
@@ -487,7 +491,6 @@ func (p *Proxy) acceptLoop(ln *net.TCPListener, kind listenerKind) {
 			p.refuse(c, kind, listener, reason)
 			continue
 		}
-		p.keepAlive(c)
 		var conn *dataplane.Conn
 		if kind.tls() {
 			// Not adopted: the socket will carry TLS records, which

@@ -60,6 +60,11 @@ func (p *Proxy) Reload(cfg Config) (ignored []string, err error) {
 	if err := pool.SetBackends(cfg.Backends); err != nil {
 		return nil, fmt.Errorf("backends: %w", err)
 	}
+	if cfg.TCPKeepAliveOff != old.TCPKeepAliveOff {
+		if err := p.setListenersKeepAlive(cfg.TCPKeepAliveOff); err != nil {
+			p.log.Warn().Err(err).Msg("reload: keepalive not changed on every listener")
+		}
+	}
 	p.live.Store(&cfg)
 	p.dp.SetIdleTimeout(cfg.IdleTimeout)
 	p.limiter.SetConfig(cfg.limits())
