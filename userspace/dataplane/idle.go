@@ -21,14 +21,14 @@ type IdleQueue struct {
 	mu      sync.Mutex
 	items   idleHeap
 	timer   *time.Timer
-	armedAt int64 // when the timer fires (idleNow), 0 when not armed
+	armedAt int64 // when the timer fires (monoNow), 0 when not armed
 	stopped bool
 }
 
 // IdleEntry is embedded in (or held by) a pair an IdleQueue watches.
 type IdleEntry struct {
 	timeout int64 // ns
-	at      int64 // next check (idleNow)
+	at      int64 // next check (monoNow)
 	index   int32 // in the heap, when queued (Remove checks the slot holds it)
 	removed bool
 }
@@ -43,11 +43,6 @@ type Idler interface {
 	// IdleExpire closes the pair, idle for idle.
 	IdleExpire(idle time.Duration)
 }
-
-var idleBase = time.Now()
-
-// idleNow is the queue's clock: monotonic nanoseconds.
-func idleNow() int64 { return int64(time.Since(idleBase)) }
 
 // NewIdleQueue returns an empty queue.
 func NewIdleQueue() *IdleQueue {
@@ -64,7 +59,7 @@ func (q *IdleQueue) Add(x Idler, timeout time.Duration) {
 		return
 	}
 	e := x.IdleEntry()
-	now := idleNow()
+	now := monoNow()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	// Remove may have come first (the pair ended as it was spliced).
@@ -125,7 +120,7 @@ func (q *IdleQueue) arm(now int64) {
 // fire runs the checks that are due. IdleFor and IdleExpire run outside
 // the lock: they read the kernel's maps and close sockets.
 func (q *IdleQueue) fire() {
-	now := idleNow()
+	now := monoNow()
 	q.mu.Lock()
 	q.armedAt = 0
 	var due []Idler
@@ -145,13 +140,13 @@ func (q *IdleQueue) fire() {
 		}
 		q.mu.Lock()
 		if !e.removed && !q.stopped {
-			e.at = idleNow() + e.timeout - int64(idle)
+			e.at = monoNow() + e.timeout - int64(idle)
 			heap.Push(&q.items, x)
 		}
 		q.mu.Unlock()
 	}
 	q.mu.Lock()
-	q.arm(idleNow())
+	q.arm(monoNow())
 	q.mu.Unlock()
 }
 

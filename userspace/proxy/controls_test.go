@@ -418,57 +418,37 @@ func TestKeepAliveOptions(t *testing.T) {
 // TestListenerKeepAlive: accepted client sockets get the keepalive
 // configuration from their listener (no setsockopt per connection), and
 // a reload that turns it off applies to connections accepted afterwards.
+// It reads the options of the proxy's own accepted socket.
 func TestListenerKeepAlive(t *testing.T) {
 	p := startProxy(t, nil, nil)
 	accepted := func() (on, idle, intvl, cnt int) {
 		t.Helper()
-		// What a socket accepted from the proxy's listening socket
-		// gets: the listener's options, copied onto a listener of the
-		// test's (the proxy's accept loop would take the connection),
-		// and what the kernel gives a child of it. Go itself sets no
-		// keepalive on it (KeepAlive -1, as the proxy's listeners).
-		ln := p.lns[0]
-		raw, err := ln.SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var lfd int
-		_ = raw.Control(func(fd uintptr) { lfd = int(fd) })
-		probe, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer probe.Close()
-		// Copy the listener's options onto a fresh listener, then accept.
-		praw, _ := probe.(*net.TCPListener).SyscallConn()
-		_ = praw.Control(func(fd uintptr) {
-			for _, o := range [][2]int{{unix.SOL_SOCKET, unix.SO_KEEPALIVE}, {unix.IPPROTO_TCP, unix.TCP_KEEPIDLE}, {unix.IPPROTO_TCP, unix.TCP_KEEPINTVL}, {unix.IPPROTO_TCP, unix.TCP_KEEPCNT}} {
-				v, err := unix.GetsockoptInt(lfd, o[0], o[1])
-				if err != nil {
-					t.Fatal(err)
+		c := dial(t, p.addr)
+		defer c.c.Close()
+		local := c.c.LocalAddr().String()
+		for deadline := time.Now().Add(testTimeout); ; time.Sleep(time.Millisecond) {
+			var conn *dataplane.Conn
+			p.mu.Lock()
+			for cc := range p.conns {
+				if cc.conn.RemoteAddr().String() == local {
+					conn = cc.conn
 				}
-				_ = unix.SetsockoptInt(int(fd), o[0], o[1], v)
 			}
-		})
-		go func() {
-			if c, err := net.Dial("tcp", probe.Addr().String()); err == nil {
-				defer c.Close()
-				time.Sleep(time.Second)
+			p.mu.Unlock()
+			if conn != nil {
+				raw, _ := conn.SyscallConn()
+				_ = raw.Control(func(fd uintptr) {
+					on, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+					idle, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+					intvl, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPINTVL)
+					cnt, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPCNT)
+				})
+				return
 			}
-		}()
-		c, err := probe.Accept()
-		if err != nil {
-			t.Fatal(err)
+			if time.Now().After(deadline) {
+				t.Fatal("the proxy never registered the connection")
+			}
 		}
-		defer c.Close()
-		craw, _ := c.(*net.TCPConn).SyscallConn()
-		_ = craw.Control(func(fd uintptr) {
-			on, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
-			idle, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
-			intvl, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPINTVL)
-			cnt, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPCNT)
-		})
-		return
 	}
 	if on, idle, intvl, cnt := accepted(); on == 0 || idle != 30 || intvl != 10 || cnt != 3 {
 		t.Errorf("accepted socket: SO_KEEPALIVE %d idle %d interval %d count %d, want on 30/10/3", on, idle, intvl, cnt)

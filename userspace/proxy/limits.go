@@ -78,14 +78,16 @@ func addrIP(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// keepAlive sets TCP keepalive on c as the live config says. The options
-// are the socket's own, so they hold on the kernel data path too.
+// keepAlive sets TCP keepalive on c (a backend connection) as the live
+// config says. The options are the socket's own, so they hold on the
+// kernel data path too.
 func (p *Proxy) keepAlive(c *net.TCPConn) {
-	if p.conf().TCPKeepAliveOff {
-		_ = c.SetKeepAlive(false)
+	raw, err := c.SyscallConn()
+	if err != nil {
 		return
 	}
-	_ = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: KeepAliveIdle, Interval: KeepAliveInterval, Count: KeepAliveCount})
+	off := p.conf().TCPKeepAliveOff
+	_ = raw.Control(func(fd uintptr) { _ = setKeepAlive(int(fd), off) })
 }
 
 // setListenersKeepAlive sets the keepalive configuration on every
