@@ -57,8 +57,14 @@ func TestOwner(t *testing.T) {
 			if _, err := io.ReadFull(client, make([]byte, 3)); err != nil {
 				t.Fatal(err)
 			}
+			// A copier counts right after its write, so the peer may
+			// read before the count lands: wait for it, bounded.
 			want := PairCounts{ToBackend: 5, ToClient: 3}
-			if got := h.Counts(); got != want {
+			got := h.Counts()
+			for deadline := time.Now().Add(5 * time.Second); got != want && time.Now().Before(deadline); got = h.Counts() {
+				time.Sleep(time.Millisecond)
+			}
+			if got != want {
 				t.Fatalf("live counts %+v, want %+v", got, want)
 			}
 			if how == "handle closes" {

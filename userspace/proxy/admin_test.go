@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -21,14 +22,24 @@ func TestAdminStats(t *testing.T) {
 	cl.send("GET / HTTP/1.1\r\n")
 
 	hc := &http.Client{Timeout: testTimeout}
-	resp, err := hc.Get("http://" + p.AdminAddr().String() + "/debug/stats")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
 	var m map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
-		t.Fatal(err)
+	// The proxy registers the open connection after the client's dial
+	// returns (its accept loop runs concurrently): read until it shows,
+	// within testTimeout.
+	for deadline := time.Now().Add(testTimeout); ; time.Sleep(10 * time.Millisecond) {
+		resp, err := hc.Get("http://" + p.AdminAddr().String() + "/debug/stats")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m = nil
+		err = json.NewDecoder(resp.Body).Decode(&m)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m["connections"] == 1.0 || time.Now().After(deadline) {
+			break
+		}
 	}
 	for _, k := range []string{"dataplane", "spliced", "spliced_total", "map_entries", "bytes_kernel", "bytes_userspace",
 		"goroutines", "open_fds", "connections", "handshakes_total", "handshake_errors_total"} {
