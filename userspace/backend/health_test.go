@@ -159,15 +159,7 @@ func TestActiveCheckerTakesDownAndBringsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go acceptAndClose(ln)
 	p, err := NewPool([]Spec{{Addr: addr}}, Options{Health: HealthConfig{Check: "tcp", Interval: 20 * time.Millisecond, Timeout: 200 * time.Millisecond, Rise: 2, Fall: 2}})
 	if err != nil {
 		t.Fatal(err)
@@ -193,15 +185,7 @@ func TestActiveCheckerTakesDownAndBringsBack(t *testing.T) {
 		t.Skipf("port taken again: %v", err)
 	}
 	defer ln2.Close()
-	go func() {
-		for {
-			c, err := ln2.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go acceptAndClose(ln2)
 	waitState(StateUp)
 }
 
@@ -211,15 +195,7 @@ func TestPassiveDownIsProbedBackUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go acceptAndClose(ln)
 	addr := ln.Addr().String()
 	p, err := NewPool([]Spec{{Addr: addr}}, Options{Health: HealthConfig{Interval: 20 * time.Millisecond, Rise: 1, Fall: 1}})
 	if err != nil {
@@ -238,5 +214,17 @@ func TestPassiveDownIsProbedBackUp(t *testing.T) {
 			t.Fatal("passively marked backend not probed back up")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// acceptAndClose accepts and closes every connection until ln closes: a
+// backend that passes a TCP check.
+func acceptAndClose(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
 	}
 }
