@@ -53,7 +53,8 @@ type Splicer struct {
 	objs     wspliceObjects
 	events   *ringbuf.Reader
 	epfd     int
-	wakefd   int // eventfd that stops the epoll loop
+	epFile   *os.File // epfd, waited on through Go's netpoller
+	wakefd   int      // eventfd that stops the epoll loop
 	loops    sync.WaitGroup
 	drains   sync.WaitGroup
 
@@ -125,6 +126,14 @@ func New(log zerolog.Logger, opts Options) (_ *Splicer, err error) {
 	if s.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
+	// Non-blocking, so that os.NewFile registers it with Go's netpoller
+	// and epollLoop parks a goroutine instead of a thread (see there).
+	if err := unix.SetNonblock(s.epfd, true); err != nil {
+		unix.Close(s.epfd)
+		s.epfd = -1
+		return nil, fmt.Errorf("set epoll fd non-blocking: %w", err)
+	}
+	s.epFile = os.NewFile(uintptr(s.epfd), "wsplice-epoll")
 	if s.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
@@ -157,7 +166,9 @@ func (s *Splicer) release() {
 		})
 	}
 	s.objs.Close()
-	if s.epfd >= 0 {
+	if s.epFile != nil {
+		s.epFile.Close()
+	} else if s.epfd >= 0 {
 		unix.Close(s.epfd)
 	}
 	if s.wakefd >= 0 {
@@ -242,15 +253,37 @@ func (s *Splicer) eventLoop() {
 // hang-ups. In steady state it never wakes: EPOLLIN is not in the mask, so
 // the wake-ups each redirected segment causes on the source socket are
 // filtered out by epoll.
+//
+// It waits through Go's netpoller (the epoll fd is itself pollable), not
+// in a blocking epoll_wait: a goroutine blocked in a system call holds a
+// scheduler slot until sysmon takes it back, which on a busy handshake
+// load woke sysmon every 20 us and cost about two context switches per
+// handshake (bench/profiles/README.md).
 func (s *Splicer) epollLoop() {
 	defer s.loops.Done()
 	events := make([]unix.EpollEvent, 128)
+	rc, err := s.epFile.SyscallConn()
+	if err != nil {
+		s.log.Error().Err(err).Msg("epoll fd not pollable; close detection stops")
+		return
+	}
 	for {
-		n, err := unix.EpollWait(s.epfd, events, -1)
+		var n int
+		var werr error
+		err := rc.Read(func(fd uintptr) bool {
+			n, werr = unix.EpollWait(int(fd), events, 0)
+			// Nothing ready: park until the netpoller sees the epoll
+			// fd readable. It is edge-triggered there, which is safe
+			// because this loop only parks after a wait found nothing.
+			return n != 0 || werr != nil
+		})
+		if err == nil && errors.Is(werr, unix.EINTR) {
+			continue
+		}
+		if err == nil {
+			err = werr
+		}
 		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
 			s.log.Error().Err(err).Msg("epoll_wait failed; close detection stops")
 			return
 		}
