@@ -60,8 +60,18 @@ func (s *Splicer) kick(sk *sock, events uint32) {
 	}
 	sk.draining = true
 	p.users++
-	s.drains.Add(1)
 	p.mu.Unlock()
+	// A FIN (from epoll) on a direction the kernel carried: in the
+	// common case every byte before it is already in the peer, and the
+	// FIN is passed on here, without a goroutine and its wake-ups.
+	// (EPOLLHUP comes with it once the peer is shut down too; an error
+	// goes to the drain, which resets.)
+	fin := events&unix.EPOLLRDHUP != 0 && events&unix.EPOLLERR == 0
+	if fin && !sk.userMode && s.finishNow(sk) {
+		s.leave(p)
+		return
+	}
+	s.drains.Add(1)
 	go s.drain(sk)
 }
 
@@ -322,6 +332,41 @@ func (s *Splicer) finish(src *sock) bool {
 	if err := s.waitGiven(p, dst, st.Redirected); err != nil {
 		return true
 	}
+	s.passFIN(src)
+	return true
+}
+
+// finishNow is finish without waiting: it passes the FIN read from src
+// on at once if nothing stands before it (no passed byte waits, the
+// verdict has seen every byte, the peer holds every byte redirected to
+// it) and reports true; otherwise it changes nothing and reports false,
+// and a drain goroutine waits for them. A few syscalls instead of a
+// goroutine per FIN: the close path was a quarter of the daemon's CPU on
+// a handshake load.
+func (s *Splicer) finishNow(src *sock) bool {
+	dst := src.peer
+	st, err := s.stats(src.cookie)
+	if err != nil || st.Passed != src.consumed {
+		return false
+	}
+	ti, err := tcpInfo(src.fd)
+	// tcpi_bytes_received counts the FIN as one byte (KERNEL-NOTES 13).
+	if err != nil || st.Passed+st.Redirected+1 < ti.Bytes_received {
+		return false
+	}
+	given, err := bytesGivenAtLeast(dst.fd)
+	if err != nil || given < dst.givenBase+dst.written+st.Redirected {
+		return false
+	}
+	s.passFIN(src)
+	return true
+}
+
+// passFIN shuts down src's peer for writing, once every byte src sent
+// before its FIN is in the peer, and closes the pair when both
+// directions have ended.
+func (s *Splicer) passFIN(src *sock) {
+	p, dst := src.pair, src.peer
 	// shutdown and eof under p.mu: the shutdown can make epoll report
 	// EPOLLHUP on dst at once, and kick must then see both directions
 	// ended, or it re-arms and is woken again, in a loop, until it does.
@@ -329,7 +374,7 @@ func (s *Splicer) finish(src *sock) bool {
 	if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil {
 		p.mu.Unlock()
 		s.closePair(p, false)
-		return true
+		return
 	}
 	src.eof = true
 	src.draining = false
@@ -341,7 +386,6 @@ func (s *Splicer) finish(src *sock) bool {
 	if both {
 		s.closePair(p, false)
 	}
-	return true
 }
 
 // waitGiven waits until dst holds every byte userspace wrote into it plus
