@@ -15,7 +15,8 @@ struct {
 	__type(value, __u64);
 } sock_hash SEC(".maps");
 
-/* Per-socket control, written by userspace (peer, mode, consumed). */
+/* Per-socket control of spliced sockets, written by userspace (peer, mode,
+ * consumed). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WSPLICE_MAX_SOCKS);

@@ -3,7 +3,8 @@
 
 #include <linux/types.h>
 
-/* Written only by userspace. */
+/* Written only by userspace, when it splices the socket (a socket
+ * without one is in its handshake: every byte passed, counted). */
 struct conn_ctl {
 	/* Socket cookie of the other socket of the pair. */
 	__u64 peer;

@@ -161,10 +161,10 @@ static __always_inline int trim_overlap(struct __sk_buff *skb, struct conn_stats
 }
 
 /* stats_of returns the socket's counters, creating them on its first
- * segment: userspace creates only the control entry at adoption, which
- * saves a map update per socket (most of a connection's set-up cost is
- * syscalls), and forgets both at close. Sockets that never receive a
- * byte never get one. */
+ * segment: userspace creates no entry at adoption, which saves a map
+ * update per socket (most of a connection's set-up cost is syscalls),
+ * and forgets both at close. Sockets that never receive a byte never get
+ * one. */
 static __always_inline struct conn_stats *stats_of(__u64 cookie)
 {
 	struct conn_stats *st, zero = {};
@@ -188,11 +188,13 @@ int wsplice_verdict(struct __sk_buff *skb)
 	__u32 seq = 0;
 	int ret;
 
-	/* No control entry: a socket userspace gave up on (served by the
-	 * fallback), or one not adopted yet; it owns its stream, uncounted. */
+	/* No control entry: a socket in its handshake; userspace owns its
+	 * stream, and every byte is counted (passed) from the first one, so
+	 * that Splice knows what userspace has read. Userspace creates the
+	 * entry when it splices the socket, which saves a map update per
+	 * socket at adoption (a connection's set-up cost is mostly
+	 * syscalls). */
 	ctl = bpf_map_lookup_elem(&ctl_map, &cookie);
-	if (!ctl)
-		return SK_PASS;
 
 	/* A FIN arrives as an empty skb. Redirecting it makes the peer
 	 * report EPIPE (KERNEL-NOTES 13); passing it is no better: the empty
@@ -203,7 +205,7 @@ int wsplice_verdict(struct __sk_buff *skb)
 	 * has already recorded the FIN (read() returns 0) and userspace
 	 * propagates it itself. */
 	if (len == 0)
-		return SK_DROP;
+		return ctl ? SK_DROP : SK_PASS;
 
 	st = stats_of(cookie);
 	if (!st) {
@@ -227,7 +229,7 @@ int wsplice_verdict(struct __sk_buff *skb)
 		return SK_DROP;
 	len = ret;
 
-	if (ctl->mode != WSPLICE_MODE_REDIRECT)
+	if (!ctl || ctl->mode != WSPLICE_MODE_REDIRECT)
 		goto pass;
 	/* Bytes passed earlier are still waiting for userspace: keep
 	 * passing until it has forwarded them all, or order breaks. */

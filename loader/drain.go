@@ -602,10 +602,18 @@ func (s *Splicer) releasePair(p *pair) {
 		// the epoll set and out of sock_hash, so no verdict runs on it
 		// once close returns, and forget's deletes are final.
 		unix.Close(sk.fd)
-		final[i] = s.forget(sk.cookie)
+		final[i] = s.forget(sk.cookie, false)
 	}
 	p.final = &final
 	p.mu.Unlock()
+	// Both control entries in one syscall; one may be missing (Splice
+	// failed before writing it), which stops the batch there.
+	keys := []uint64{p.socks[0].cookie, p.socks[1].cookie}
+	if n, err := s.objs.CtlMap.BatchDelete(keys, nil); err != nil {
+		for _, k := range keys[min(n, len(keys)):] {
+			_ = s.objs.CtlMap.Delete(k)
+		}
+	}
 	s.spliced.Add(-1)
 	if p.owner != nil {
 		p.owner.PairEnded(p.Counts())

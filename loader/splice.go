@@ -144,10 +144,11 @@ func (s *Splicer) Adopt(c *net.TCPConn) (*dataplane.Conn, error) {
 	return dc, nil
 }
 
-// insert puts fd into the maps and returns its cookie and its givenBase
-// (see sock). Five syscalls: a connection's set-up cost on the kernel path
-// is mostly syscalls, so each one here is counted. The counters entry is
-// created by the verdict on the socket's first segment.
+// insert puts fd into sock_hash and returns its cookie and its givenBase
+// (see sock). Four syscalls: a connection's set-up cost on the kernel path
+// is mostly syscalls, so each one here is counted. The verdict counts
+// every byte from the socket's first segment (creating its counters);
+// the control entry waits for Splice.
 func (s *Splicer) insert(fd int) (cookie, base uint64, err error) {
 	cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
 	if err != nil {
@@ -162,13 +163,7 @@ func (s *Splicer) insert(fd int) (cookie, base uint64, err error) {
 		return 0, 0, fmt.Errorf("read TCP_INFO: %w", err)
 	}
 	base = ti.Bytes_acked
-	// Control first: the verdict passes sockets it does not know,
-	// uncounted.
-	if err := s.objs.CtlMap.Put(cookie, wspliceConnCtl{Mode: modePass}); err != nil {
-		return 0, 0, fmt.Errorf("insert ctl: %w", err)
-	}
 	if err := s.objs.SockHash.Update(cookie, uint64(fd), ebpf.UpdateAny); err != nil {
-		s.forget(cookie)
 		return 0, 0, fmt.Errorf("insert into sock_hash: %w", err)
 	}
 	// Bytes queued before insertion wait for the next segment unless
@@ -176,7 +171,7 @@ func (s *Splicer) insert(fd int) (cookie, base uint64, err error) {
 	// through the verdict now (KERNEL-NOTES 1).
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1); err != nil {
 		s.objs.SockHash.Delete(cookie)
-		s.forget(cookie)
+		s.forget(cookie, false)
 		return 0, 0, fmt.Errorf("set SO_RCVLOWAT: %w", err)
 	}
 	return cookie, base, nil
@@ -193,10 +188,11 @@ func (s *Splicer) stats(cookie uint64) (wspliceConnStats, error) {
 	return st, err
 }
 
-// forget removes cookie's control and counters, keeping (and returning)
-// its redirected byte count. The socket must be closed (or out of
-// sock_hash) first, or the verdict could create its counters again.
-func (s *Splicer) forget(cookie uint64) (redirected uint64) {
+// forget removes cookie's counters (and its control entry if spliced),
+// keeping (and returning) its redirected byte count. The socket must be
+// closed (or out of sock_hash) first, or the verdict could create its
+// counters again.
+func (s *Splicer) forget(cookie uint64, spliced bool) (redirected uint64) {
 	var st wspliceConnStats
 	// One syscall for both (hash maps have LOOKUP_AND_DELETE since 5.14).
 	if err := s.objs.StatsMap.LookupAndDelete(cookie, &st); err == nil {
@@ -206,7 +202,9 @@ func (s *Splicer) forget(cookie uint64) (redirected uint64) {
 	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 		_ = s.objs.StatsMap.Delete(cookie)
 	}
-	_ = s.objs.CtlMap.Delete(cookie)
+	if spliced {
+		_ = s.objs.CtlMap.Delete(cookie)
+	}
 	return redirected
 }
 
@@ -219,7 +217,7 @@ func (s *Splicer) Release(c *dataplane.Conn) {
 	s.mu.Lock()
 	delete(s.socks, c.Cookie)
 	s.mu.Unlock()
-	s.forget(c.Cookie)
+	s.forget(c.Cookie, false)
 }
 
 // Splice implements dataplane.Dataplane. The client's stream is switched
@@ -428,19 +426,58 @@ func (s *Splicer) spliceFallback(client, backend *dataplane.Conn, toClient []byt
 		s.Release(backend)
 		return fmt.Errorf("%w: socket not in sock_hash and no fallback", ErrUnsupported)
 	}
-	// The sockets stay in sock_hash until they close; without control
-	// entries the verdict passes every byte to them, which is what the
-	// fallback needs.
+	// The sockets stay in sock_hash until they close (taking one out
+	// drops what its psock holds), and without control entries the
+	// verdict passes every byte to them, which is what the fallback
+	// needs; it also counts them, so their counters go when the pair
+	// has ended (fallbackOwner), or now if it never starts.
+	fo := &fallbackOwner{s: s, next: client.Owner, cookies: [2]uint64{client.Cookie, backend.Cookie}}
 	for _, c := range []*dataplane.Conn{client, backend} {
 		if c.Cookie != 0 {
 			s.mu.Lock()
 			delete(s.socks, c.Cookie)
 			s.mu.Unlock()
-			s.forget(c.Cookie)
 		}
 	}
+	client.Owner = fo
 	s.log.Debug().Msg("pair served by the fallback data path")
-	return s.fallback.Splice(client, backend, toClient)
+	if err := s.fallback.Splice(client, backend, toClient); err != nil {
+		fo.forget()
+		return err
+	}
+	return nil
+}
+
+// fallbackOwner forgets the counters of a pair's sockets once the fallback
+// has closed them (they count every byte while in sock_hash), then tells
+// the proxy's Owner.
+type fallbackOwner struct {
+	s       *Splicer
+	next    dataplane.Owner
+	cookies [2]uint64
+}
+
+func (o *fallbackOwner) forget() {
+	for _, c := range o.cookies {
+		if c != 0 {
+			o.s.forget(c, false)
+		}
+	}
+}
+
+// PairStarted implements dataplane.Owner.
+func (o *fallbackOwner) PairStarted(path string, p dataplane.Pair) {
+	if o.next != nil {
+		o.next.PairStarted(path, p)
+	}
+}
+
+// PairEnded implements dataplane.Owner.
+func (o *fallbackOwner) PairEnded(c dataplane.PairCounts) {
+	o.forget()
+	if o.next != nil {
+		o.next.PairEnded(c)
+	}
 }
 
 // dupFD returns a duplicate of c's socket fd (sharing O_NONBLOCK).

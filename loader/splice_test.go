@@ -474,6 +474,10 @@ func TestSpliceChurnLeavesNothing(t *testing.T) {
 	if s.objs.CtlMap.Iterate().Next(&key, &ctl) {
 		t.Fatalf("ctl_map still holds cookie %d", key)
 	}
+	var cst wspliceConnStats
+	if s.objs.StatsMap.Iterate().Next(&key, &cst) {
+		t.Fatalf("stats_map still holds cookie %d", key)
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		// Go keeps splice(2) pipes in a sync.Pool; a GC frees them.
@@ -707,6 +711,18 @@ func TestSpliceFallbackWithSocketInMap(t *testing.T) {
 	// The harness itself forwards what its handshake reader took in.
 	if st := s.Stats(); st.BytesUserspace < uint64(2*len(msg)-64<<10) {
 		t.Fatalf("fallback moved %d bytes, want about %d", st.BytesUserspace, 2*len(msg))
+	}
+	// The client socket stayed in sock_hash, so the verdict counted its
+	// bytes; its counters must go once the pair has ended.
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	var key uint64
+	var cst wspliceConnStats
+	for s.objs.StatsMap.Iterate().Next(&key, &cst) {
+		if time.Now().After(deadline) {
+			t.Fatalf("stats_map still holds cookie %d after the fallback pair ended", key)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
