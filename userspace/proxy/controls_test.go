@@ -414,3 +414,59 @@ func TestKeepAliveOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestKeepAliveAccepted: accepted client sockets carry the configured
+// keepalive (copied from the listener), also after a reload turns it off
+// or on again.
+func TestKeepAliveAccepted(t *testing.T) {
+	p := startProxy(t, nil, nil)
+	// accepted returns the keepalive options of the proxy's side of a
+	// new client connection.
+	accepted := func() (on, idle, intvl, cnt int) {
+		t.Helper()
+		c := dial(t, p.addr)
+		defer c.c.Close()
+		local := c.c.LocalAddr().String()
+		deadline := time.Now().Add(testTimeout)
+		for {
+			p.mu.Lock()
+			var conn *dataplane.Conn
+			for cc := range p.conns {
+				if cc.conn.RemoteAddr().String() == local {
+					conn = cc.conn
+				}
+			}
+			p.mu.Unlock()
+			if conn != nil {
+				raw, _ := conn.SyscallConn()
+				_ = raw.Control(func(fd uintptr) {
+					on, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+					idle, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+					intvl, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPINTVL)
+					cnt, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPCNT)
+				})
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("connection not registered by the proxy")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for i, off := range []bool{false, true, false} {
+		if i > 0 {
+			cfg := p.Config()
+			cfg.TCPKeepAliveOff = off
+			if _, err := p.Reload(cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		on, idle, intvl, cnt := accepted()
+		if off && on != 0 {
+			t.Errorf("step %d, keepalive off: SO_KEEPALIVE %d", i, on)
+		}
+		if !off && (on == 0 || idle != 30 || intvl != 10 || cnt != 3) {
+			t.Errorf("step %d, keepalive on: SO_KEEPALIVE %d idle %d interval %d count %d", i, on, idle, intvl, cnt)
+		}
+	}
+}

@@ -2,10 +2,13 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/wsplice/wsplice/userspace/dataplane"
 	"github.com/wsplice/wsplice/userspace/http1"
@@ -75,14 +78,46 @@ func addrIP(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// keepAlive sets TCP keepalive on c as the live config says. The options
-// are the socket's own, so they hold on the kernel data path too.
+// keepAlive sets TCP keepalive on c as the live config says (dialed
+// sockets; accepted ones copy their listener's, see listenerKeepAlive).
+// The options are the socket's own, so they hold on the kernel data path
+// too.
 func (p *Proxy) keepAlive(c *net.TCPConn) {
 	if p.conf().TCPKeepAliveOff {
 		_ = c.SetKeepAlive(false)
 		return
 	}
 	_ = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: KeepAliveIdle, Interval: KeepAliveInterval, Count: KeepAliveCount})
+}
+
+// listenerKeepAlive sets TCP keepalive on a listening socket, on or off.
+// Linux creates an accepted socket as a copy of its listener, options
+// included (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT), so
+// accepted sockets get the listener's keepalive without a syscall of their
+// own; setting it on each cost four setsockopt calls per connection. New
+// sets it from the config and Reload again from the new one.
+func listenerKeepAlive(ln *net.TCPListener, off bool) error {
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("keepalive on listener %s: %w", ln.Addr(), err)
+	}
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		s := int(fd)
+		if off {
+			serr = unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0)
+			return
+		}
+		serr = errors.Join(
+			unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1),
+			unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(KeepAliveIdle/time.Second)),
+			unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(KeepAliveInterval/time.Second)),
+			unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, KeepAliveCount))
+	})
+	if err = errors.Join(err, serr); err != nil {
+		return fmt.Errorf("keepalive on listener %s: %w", ln.Addr(), err)
+	}
+	return nil
 }
 
 // dial connects to a backend within the live DialTimeout, with keepalive.

@@ -174,15 +174,18 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 	}
 	for i, addrs := range [][]string{cfg.Listen, cfg.TLSListen, cfg.TCPListen, cfg.TCPTLSListen} {
 		for _, addr := range addrs {
-			// No Go default keepalive on accepted sockets: acceptLoop
-			// sets the configured one (keepAlive), and setting both
-			// cost four setsockopt calls per connection for nothing.
+			// No Go default keepalive on accepted sockets: they copy
+			// the configured one from the listener (listenerKeepAlive).
 			ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
 			if err != nil {
 				p.closeListeners()
 				return nil, fmt.Errorf("listen on %s: %w", addr, err)
 			}
 			p.lns = append(p.lns, ln.(*net.TCPListener))
+			if err := listenerKeepAlive(ln.(*net.TCPListener), cfg.TCPKeepAliveOff); err != nil {
+				p.closeListeners()
+				return nil, err
+			}
 			p.kinds = append(p.kinds, listenerKind(i))
 		}
 	}
@@ -486,8 +489,8 @@ func (p *Proxy) acceptLoop(ln *net.TCPListener, kind listenerKind) {
 			p.refuse(c, kind, listener, reason)
 			continue
 		}
-		// The rest of the set-up (keepalive, adoption by the data plane,
-		// tracking: a dozen syscalls on the kernel path) runs in the
+		// The rest of the set-up (adoption by the data plane and
+		// tracking: several syscalls on the kernel path) runs in the
 		// connection's own goroutine. Done here, one connection after
 		// another, it kept the next ones waiting in the accept queue: at
 		// a few thousand handshakes a second nine accepts in ten found a
@@ -500,7 +503,6 @@ func (p *Proxy) acceptLoop(ln *net.TCPListener, kind listenerKind) {
 
 // serveConn sets up an accepted, admitted connection and serves it.
 func (p *Proxy) serveConn(c *net.TCPConn, kind listenerKind, listener string, ticket *limit.Ticket) {
-	p.keepAlive(c)
 	var conn *dataplane.Conn
 	if kind.tls() {
 		// Not adopted: the socket will carry TLS records, which

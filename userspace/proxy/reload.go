@@ -61,6 +61,16 @@ func (p *Proxy) Reload(cfg Config) (ignored []string, err error) {
 		return nil, fmt.Errorf("backends: %w", err)
 	}
 	p.live.Store(&cfg)
+	if cfg.TCPKeepAliveOff != old.TCPKeepAliveOff && !p.shuttingDown.Load() {
+		for _, ln := range p.lns {
+			if err := listenerKeepAlive(ln, cfg.TCPKeepAliveOff); err != nil {
+				// Not seen in practice (a valid option on a listening
+				// socket); the connections it accepts keep the old
+				// setting, which is all this could cost.
+				p.log.Error().Err(err).Msg("reload: TCP keepalive of accepted connections unchanged")
+			}
+		}
+	}
 	p.dp.SetIdleTimeout(cfg.IdleTimeout)
 	p.limiter.SetConfig(cfg.limits())
 	ev := p.log.Info().Strs("backends", cfg.Backends).Int("max_conns", cfg.MaxConns).Int("max_conn_rate", cfg.MaxConnRate).
