@@ -60,4 +60,41 @@ func BenchmarkHandshake(b *testing.B) {
 		p := startProxy(b, []string{backend}, nil)
 		run(b, p.addr)
 	})
+	// 16 clients at once, as the bench's handshake scenario: the time
+	// per handshake is then the CPU it takes (both CPUs busy), not its
+	// latency.
+	b.Run("proxy-parallel", func(b *testing.B) {
+		p := startProxy(b, []string{backend}, nil)
+		req := []byte(upgradeRequest())
+		frame := []byte("0123456789abcdef0123456789abcdef")
+		b.SetParallelism(8)
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			buf := make([]byte, len(frame))
+			for pb.Next() {
+				c, err := net.DialTimeout("tcp", p.addr, testTimeout)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				_ = c.SetDeadline(time.Now().Add(testTimeout))
+				br := bufio.NewReaderSize(c, 512)
+				_, err = c.Write(req)
+				if err == nil {
+					_, err = http1.ReadResponseHead(br, 0)
+				}
+				if err == nil {
+					_, err = c.Write(frame)
+				}
+				if err == nil {
+					_, err = io.ReadFull(br, buf)
+				}
+				_ = c.Close()
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
 }
