@@ -7,6 +7,7 @@ import (
 	"io"
 	"reflect"
 	"testing"
+	"testing/iotest"
 )
 
 const fuzzMax = 1024
@@ -146,6 +147,55 @@ func FuzzChunkedReader(f *testing.F) {
 		again, err := io.ReadAll(cr2)
 		if err != nil || !bytes.Equal(again, body) || !reflect.DeepEqual(cr2.Trailer(), cr.Trailer()) {
 			t.Fatalf("round trip: %q %v", again, err)
+		}
+	})
+}
+
+// FuzzHeadBuffering checks that a head parses the same however it is
+// buffered: all at once (lines are substrings of one copy of the head) or
+// one byte per read (every line is read through the line buffer).
+func FuzzHeadBuffering(f *testing.F) {
+	for _, s := range []string{
+		"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\x82\x80",
+		"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x05hello",
+		"\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+	} {
+		f.Add([]byte(s), 0, true)
+		f.Add([]byte(s), 40, false)
+	}
+	f.Fuzz(func(t *testing.T, in []byte, max int, request bool) {
+		max = max % (2 * fuzzMax)
+		type result struct {
+			head     any
+			err      error
+			consumed int
+		}
+		parse := func(r io.Reader, size int) result {
+			cr := &countingReader{r: r}
+			br := bufio.NewReaderSize(cr, size)
+			var res result
+			if request {
+				h, err := ReadRequestHead(br, max)
+				res.head, res.err = h, err
+			} else {
+				h, err := ReadResponseHead(br, max)
+				res.head, res.err = h, err
+			}
+			res.consumed = consumed(cr, br)
+			return res
+		}
+		whole := parse(bytes.NewReader(in), 4*fuzzMax)
+		bytewise := parse(iotest.OneByteReader(bytes.NewReader(in)), 16)
+		if whole.err != nil && bytewise.err != nil {
+			// How far a failed read got depends on the buffering,
+			// as it always did: only the error counts.
+			whole.consumed, bytewise.consumed = 0, 0
+		}
+		if !reflect.DeepEqual(whole, bytewise) {
+			t.Fatalf("buffered whole: %+v\none byte per read: %+v", whole, bytewise)
 		}
 	})
 }

@@ -88,10 +88,16 @@ func (h Header) HasToken(name, token string) bool {
 		if !strings.EqualFold(f.Name, name) {
 			continue
 		}
-		for _, t := range strings.Split(f.Value, ",") {
+		// The elements of strings.Split(f.Value, ","), without the slice.
+		for v := f.Value; ; {
+			t, rest, more := strings.Cut(v, ",")
 			if strings.EqualFold(strings.TrimSpace(t), token) {
 				return true
 			}
+			if !more {
+				break
+			}
+			v = rest
 		}
 	}
 	return false

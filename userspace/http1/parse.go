@@ -2,6 +2,7 @@ package http1
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +24,14 @@ type reader struct {
 	status int // status for malformed input (400 request, 502 response)
 	tooBig int // status when limit is exceeded
 	line   []byte
+	// head is a copy, taken once at the first line, of the bytes then
+	// buffered from that line on (within the limit, and up to the end of
+	// the head when it is in sight), less what was consumed since. A
+	// line that lies whole in it is returned as a substring: one
+	// allocation per head instead of one per line. Lines that do not
+	// are read as before, from br.
+	head   string
+	copied bool
 }
 
 func (r *reader) malformed(format string, args ...any) error {
@@ -33,6 +42,9 @@ func (r *reader) malformed(format string, args ...any) error {
 // copy. It returns io.EOF when the reader ends before the first byte of the
 // first line, io.ErrUnexpectedEOF when it ends inside the head.
 func (r *reader) readLine() (string, error) {
+	if line, ok := r.lineFromHead(); ok {
+		return r.finishString(line)
+	}
 	r.line = r.line[:0]
 	for {
 		if r.br.Buffered() == 0 {
@@ -50,6 +62,12 @@ func (r *reader) readLine() (string, error) {
 		room := r.limit - r.n
 		window := buf[:min(len(buf), room)]
 		if i := indexLF(window); i >= 0 {
+			if len(r.line) == 0 && !r.copied {
+				r.copied = true
+				r.head = string(window[:headEnd(window)])
+				line, _ := r.lineFromHead() // i < len(r.head): see headEnd
+				return r.finishString(line)
+			}
 			r.line = append(r.line, window[:i+1]...)
 			_, _ = r.br.Discard(i + 1)
 			r.n += i + 1
@@ -64,6 +82,40 @@ func (r *reader) readLine() (string, error) {
 	}
 }
 
+// headEnd is the length of the head's start in b: up to and including
+// the first empty line ("\r\n\r\n"), or all of b when none is in it. It
+// is past b's first LF, which is at or before that empty line's.
+func headEnd(b []byte) int {
+	if i := bytes.Index(b, crlfcrlf); i >= 0 {
+		return i + len(crlfcrlf)
+	}
+	return len(b)
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// lineFromHead consumes and returns the next line, LF included, if it
+// lies whole in r.head (see reader); else it drops r.head.
+func (r *reader) lineFromHead() (string, bool) {
+	if r.head == "" {
+		return "", false
+	}
+	window := r.head[:min(len(r.head), r.limit-r.n)]
+	i := strings.IndexByte(window, '\n')
+	if i < 0 {
+		r.head = ""
+		return "", false
+	}
+	line := r.head[:i+1]
+	r.head = r.head[i+1:]
+	_, _ = r.br.Discard(i + 1)
+	r.n += i + 1
+	return line, true
+}
+
+// linesInSight is an upper bound of the lines left in r.head, for sizing.
+func (r *reader) linesInSight() int { return strings.Count(r.head, "\n") }
+
 func indexLF(b []byte) int {
 	for i, c := range b {
 		if c == '\n' {
@@ -71,6 +123,18 @@ func indexLF(b []byte) int {
 		}
 	}
 	return -1
+}
+
+// finishString is finishLine for a line taken from r.head.
+func (r *reader) finishString(l string) (string, error) {
+	if len(l) < 2 || l[len(l)-2] != '\r' {
+		return "", r.malformed("bare LF in message head")
+	}
+	l = l[:len(l)-2]
+	if strings.IndexByte(l, '\r') >= 0 {
+		return "", r.malformed("bare CR in message head")
+	}
+	return l, nil
 }
 
 // finishLine checks the CRLF policy (see the package comment) and strips it.
@@ -206,22 +270,35 @@ func readFields(r *reader) (Header, error) {
 		if !validValue(value) {
 			return nil, r.malformed("invalid character in header value")
 		}
+		if h == nil {
+			// Sized once from the lines in sight (the empty line
+			// ends them), not grown field by field.
+			h = make(Header, 0, max(r.linesInSight(), 4))
+		}
 		h = append(h, Field{Name: name, Value: value})
 	}
 }
 
 func checkRequestHeader(r *reader, req *RequestHead) error {
-	hosts := req.Header.Values("Host")
+	hosts, host := 0, ""
+	for _, f := range req.Header {
+		if strings.EqualFold(f.Name, "Host") {
+			if hosts == 0 {
+				host = f.Value
+			}
+			hosts++
+		}
+	}
 	switch {
-	case len(hosts) > 1:
+	case hosts > 1:
 		return r.malformed("multiple Host fields")
-	case len(hosts) == 0 && req.Minor >= 1:
+	case hosts == 0 && req.Minor >= 1:
 		return r.malformed("missing Host field")
-	case len(hosts) == 1:
-		if !validHost(hosts[0]) {
+	case hosts == 1:
+		if !validHost(host) {
 			return r.malformed("invalid Host field")
 		}
-		req.Host = hosts[0]
+		req.Host = host
 	}
 	var err error
 	req.ContentLength, req.Chunked, err = framing(r, req.Header, req.Minor)

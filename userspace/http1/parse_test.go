@@ -273,3 +273,21 @@ func TestChunkedWriterRoundTrip(t *testing.T) {
 		t.Error("trailer lost")
 	}
 }
+
+// BenchmarkReadRequestHead reads a WebSocket handshake as browsers send it.
+func BenchmarkReadRequestHead(b *testing.B) {
+	in := "GET /chat?room=1 HTTP/1.1\r\nHost: example.test\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n" +
+		"Upgrade: websocket\r\nConnection: Upgrade\r\nOrigin: https://example.test\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
+		"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+	sr := strings.NewReader(in)
+	br := bufio.NewReaderSize(sr, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		sr.Reset(in)
+		br.Reset(sr)
+		if _, err := ReadRequestHead(br, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -75,6 +75,9 @@ func (cc *clientConn) serve() {
 		p.readers.Put(cc.br)
 		cc.bw.Reset(nil)
 		p.writers.Put(cc.bw)
+		// A spliced pair keeps cc (its lease's closer): it must not keep
+		// the pooled buffers too, once the pool has let them go.
+		cc.br, cc.bw = nil, nil
 		if !cc.spliced {
 			p.forget(cc)
 			p.dp.Release(cc.conn)

@@ -415,20 +415,22 @@ func TestKeepAliveOptions(t *testing.T) {
 	}
 }
 
-// TestListenerKeepAlive: accepted client sockets get the keepalive
-// configuration from their listener (no setsockopt per connection), and
-// a reload that turns it off applies to connections accepted afterwards.
-// It reads the options of the proxy's own accepted socket.
-func TestListenerKeepAlive(t *testing.T) {
+// TestKeepAliveAccepted: accepted client sockets carry the configured
+// keepalive (copied from the listener), also after a reload turns it off
+// or on again.
+func TestKeepAliveAccepted(t *testing.T) {
 	p := startProxy(t, nil, nil)
+	// accepted returns the keepalive options of the proxy's side of a
+	// new client connection.
 	accepted := func() (on, idle, intvl, cnt int) {
 		t.Helper()
 		c := dial(t, p.addr)
 		defer c.c.Close()
 		local := c.c.LocalAddr().String()
-		for deadline := time.Now().Add(testTimeout); ; time.Sleep(time.Millisecond) {
-			var conn *dataplane.Conn
+		deadline := time.Now().Add(testTimeout)
+		for {
 			p.mu.Lock()
+			var conn *dataplane.Conn
 			for cc := range p.conns {
 				if cc.conn.RemoteAddr().String() == local {
 					conn = cc.conn
@@ -446,19 +448,25 @@ func TestListenerKeepAlive(t *testing.T) {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatal("the proxy never registered the connection")
+				t.Fatal("connection not registered by the proxy")
 			}
+			time.Sleep(time.Millisecond)
 		}
 	}
-	if on, idle, intvl, cnt := accepted(); on == 0 || idle != 30 || intvl != 10 || cnt != 3 {
-		t.Errorf("accepted socket: SO_KEEPALIVE %d idle %d interval %d count %d, want on 30/10/3", on, idle, intvl, cnt)
-	}
-	cfg := p.Config()
-	cfg.TCPKeepAliveOff = true
-	if _, err := p.Reload(cfg); err != nil {
-		t.Fatal(err)
-	}
-	if on, _, _, _ := accepted(); on != 0 {
-		t.Errorf("after a reload turning keepalive off: SO_KEEPALIVE %d", on)
+	for i, off := range []bool{false, true, false} {
+		if i > 0 {
+			cfg := p.Config()
+			cfg.TCPKeepAliveOff = off
+			if _, err := p.Reload(cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		on, idle, intvl, cnt := accepted()
+		if off && on != 0 {
+			t.Errorf("step %d, keepalive off: SO_KEEPALIVE %d", i, on)
+		}
+		if !off && (on == 0 || idle != 30 || intvl != 10 || cnt != 3) {
+			t.Errorf("step %d, keepalive on: SO_KEEPALIVE %d idle %d interval %d count %d", i, on, idle, intvl, cnt)
+		}
 	}
 }

@@ -34,7 +34,7 @@ func TestForwarded(t *testing.T) {
 					t.Fatal("Forwarded not taken")
 				}
 			}
-			got := f.fields(tc.client, tc.host, tc.proto).Get("Forwarded")
+			got := f.fields(remoteIP(tc.client), tc.host, tc.proto).Get("Forwarded")
 			if got != tc.want {
 				t.Fatalf("Forwarded\n got %s\nwant %s", got, tc.want)
 			}

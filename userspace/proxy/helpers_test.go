@@ -41,7 +41,7 @@ func (p *testProxy) shutdownForTest(t *testing.T) {
 
 // startProxy runs a proxy with the userspace data plane on loopback and
 // stops it when the test ends, failing if shutdown hangs.
-func startProxy(t *testing.T, backends []string, mod func(*Config)) *testProxy {
+func startProxy(t testing.TB, backends []string, mod func(*Config)) *testProxy {
 	t.Helper()
 	cfg := Config{Listen: []string{"127.0.0.1:0"}, Backends: backends, ShutdownTimeout: time.Second}
 	if mod != nil {
@@ -134,7 +134,7 @@ func startHTTPServer(t *testing.T, h http.Handler) string {
 // startRawBackend runs handle for every connection to a loopback listener.
 // The handler gets the connection, a reader on it, and the request head
 // already read with the strict parser.
-func startRawBackend(t *testing.T, handle func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead)) string {
+func startRawBackend(t testing.TB, handle func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

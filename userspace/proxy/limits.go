@@ -79,8 +79,9 @@ func addrIP(a net.Addr) netip.Addr {
 }
 
 // keepAlive sets TCP keepalive on c (a backend connection) as the live
-// config says. The options are the socket's own, so they hold on the
-// kernel data path too.
+// config says (accepted sockets inherit their listener's, see
+// setListenersKeepAlive). The options are the socket's own, so they hold
+// on the kernel data path too.
 func (p *Proxy) keepAlive(c *net.TCPConn) {
 	raw, err := c.SyscallConn()
 	if err != nil {

@@ -123,8 +123,9 @@ func (cc *clientConn) outgoingRequest(req *http1.RequestHead, addr string, body 
 	h := make(http.Header, len(req.Header)+3)
 	d := newDropper(req.Header)
 	var fwd forwarded
+	var nb [32]byte
 	for _, f := range req.Header {
-		lname := strings.ToLower(f.Name)
+		lname := string(appendLower(nb[:0], f.Name))
 		if d.drop(lname) || fwd.take(lname, f.Value) {
 			continue
 		}
@@ -138,7 +139,7 @@ func (cc *clientConn) outgoingRequest(req *http1.RequestHead, addr string, body 
 		}
 		h.Add(f.Name, f.Value)
 	}
-	for _, f := range fwd.fields(cc.conn.RemoteAddr(), host, cc.proto()) {
+	for _, f := range fwd.fields(remoteIP(cc.conn.RemoteAddr()), host, cc.proto()) {
 		h.Set(f.Name, f.Value)
 	}
 	if _, ok := h["User-Agent"]; !ok {

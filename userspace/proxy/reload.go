@@ -60,12 +60,15 @@ func (p *Proxy) Reload(cfg Config) (ignored []string, err error) {
 	if err := pool.SetBackends(cfg.Backends); err != nil {
 		return nil, fmt.Errorf("backends: %w", err)
 	}
-	if cfg.TCPKeepAliveOff != old.TCPKeepAliveOff {
+	p.live.Store(&cfg)
+	if cfg.TCPKeepAliveOff != old.TCPKeepAliveOff && !p.shuttingDown.Load() {
 		if err := p.setListenersKeepAlive(cfg.TCPKeepAliveOff); err != nil {
-			p.log.Warn().Err(err).Msg("reload: keepalive not changed on every listener")
+			// Not seen in practice (a valid option on a listening
+			// socket); the connections it accepts keep the old
+			// setting, which is all this could cost.
+			p.log.Error().Err(err).Msg("reload: TCP keepalive of accepted connections unchanged")
 		}
 	}
-	p.live.Store(&cfg)
 	p.dp.SetIdleTimeout(cfg.IdleTimeout)
 	p.limiter.SetConfig(cfg.limits())
 	ev := p.log.Info().Strs("backends", cfg.Backends).Int("max_conns", cfg.MaxConns).Int("max_conn_rate", cfg.MaxConnRate).

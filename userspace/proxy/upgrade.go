@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/wsplice/wsplice/userspace/http1"
@@ -69,7 +68,7 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 
 	// The backend gets DialTimeout to read the handshake and answer it.
 	_ = bconn.SetDeadline(time.Now().Add(p.conf().DialTimeout))
-	if _, err := bconn.Write(cc.upgradeRequest(req)); err != nil {
+	if _, err := bconn.Write(cc.upgradeRequest(req, breq.SourceIP)); err != nil {
 		p.log.Warn().Err(err).Str("backend", be.Addr()).Msg("websocket handshake failed: write request")
 		reject(502, "backend failed", nil)
 		return false
@@ -150,18 +149,20 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 
 // upgradeRequest is the handshake as the backend gets it: origin-form
 // target, end-to-end fields in the client's order, Connection and Upgrade
-// set again, X-Forwarded-* appended.
-func (cc *clientConn) upgradeRequest(req *http1.RequestHead) []byte {
+// set again, X-Forwarded-* appended for the client at ip.
+func (cc *clientConn) upgradeRequest(req *http1.RequestHead, ip string) []byte {
 	target, authority := originForm(req.Target)
 	host := req.Host
 	if authority != "" {
 		host = authority
 	}
-	out := &http1.RequestHead{Method: req.Method, Target: target, Major: 1, Minor: 1}
+	out := http1.RequestHead{Method: req.Method, Target: target, Major: 1, Minor: 1}
+	out.Header = make(http1.Header, 0, len(req.Header)+6)
 	d := newDropper(req.Header)
 	var fwd forwarded
+	var nb [32]byte
 	for _, f := range req.Header {
-		lname := strings.ToLower(f.Name)
+		lname := string(appendLower(nb[:0], f.Name))
 		if d.drop(lname) || fwd.take(lname, f.Value) {
 			continue
 		}
@@ -173,8 +174,18 @@ func (cc *clientConn) upgradeRequest(req *http1.RequestHead) []byte {
 	out.Header = append(out.Header,
 		http1.Field{Name: "Connection", Value: "Upgrade"},
 		http1.Field{Name: "Upgrade", Value: "websocket"})
-	out.Header = append(out.Header, fwd.fields(cc.conn.RemoteAddr(), host, cc.proto())...)
-	return out.Append(nil)
+	out.Header = fwd.appendFields(out.Header, ip, host, cc.proto())
+	return out.Append(make([]byte, 0, headLen(out.Method, out.Target, out.Header)))
+}
+
+// headLen is the wire length of a head with that first line's two words
+// and header (the status line's digits count as a word), for sizing.
+func headLen(a, b string, h http1.Header) int {
+	n := len(a) + 1 + len(b) + 1 + len("HTTP/1.1") + 2 + 2
+	for _, f := range h {
+		n += len(f.Name) + 2 + len(f.Value) + 2
+	}
+	return n
 }
 
 // switchingHead is the backend's 101 as the client gets it: hop-by-hop
@@ -186,18 +197,20 @@ func switchingHead(resp *http1.ResponseHead, extra http1.Header) []byte {
 	if reason == "" {
 		reason = "Switching Protocols"
 	}
-	out := &http1.ResponseHead{Major: 1, Minor: 1, Status: 101, Reason: reason}
-	out.Header = http1.Header{{Name: "Upgrade", Value: "websocket"}, {Name: "Connection", Value: "Upgrade"}}
+	out := http1.ResponseHead{Major: 1, Minor: 1, Status: 101, Reason: reason}
+	out.Header = make(http1.Header, 0, 2+len(resp.Header)+len(extra))
+	out.Header = append(out.Header, http1.Field{Name: "Upgrade", Value: "websocket"}, http1.Field{Name: "Connection", Value: "Upgrade"})
 	d := newDropper(resp.Header)
+	var nb [32]byte
 	for _, f := range resp.Header {
-		lname := strings.ToLower(f.Name)
+		lname := string(appendLower(nb[:0], f.Name))
 		if d.drop(lname) || lname == "content-length" {
 			continue
 		}
 		out.Header = append(out.Header, f)
 	}
 	out.Header = append(out.Header, extra...)
-	return out.Append(nil)
+	return out.Append(make([]byte, 0, headLen("101", reason, out.Header)))
 }
 
 // relay passes a backend's non-101 answer to a handshake to the client as
@@ -206,8 +219,9 @@ func (cc *clientConn) relay(req *http1.RequestHead, resp *http1.ResponseHead, bb
 	p := cc.p
 	r := &response{status: resp.Status, reason: resp.Reason, length: -1}
 	d := newDropper(resp.Header)
+	var nb [32]byte
 	for _, f := range resp.Header {
-		lname := strings.ToLower(f.Name)
+		lname := string(appendLower(nb[:0], f.Name))
 		if d.drop(lname) || lname == "content-length" {
 			continue
 		}

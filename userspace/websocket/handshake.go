@@ -6,6 +6,7 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"fmt"
+	"strings"
 
 	"github.com/wsplice/wsplice/userspace/http1"
 )
@@ -53,41 +54,74 @@ func CheckRequest(r *http1.RequestHead) error {
 	case !r.Header.HasToken("Connection", "upgrade"):
 		return badRequest("Connection has no upgrade token")
 	}
-	switch vs := r.Header.Values("Sec-WebSocket-Version"); {
-	case len(vs) == 0:
+	switch v, n := only(r.Header, "Sec-WebSocket-Version"); {
+	case n == 0:
 		return badRequest("missing Sec-WebSocket-Version")
-	case len(vs) > 1 || vs[0] != Version:
+	case n > 1 || v != Version:
 		return &Error{
 			Status: 426,
 			Reason: "unsupported Sec-WebSocket-Version",
 			Header: http1.Header{{Name: "Sec-WebSocket-Version", Value: Version}},
 		}
 	}
-	keys := r.Header.Values("Sec-WebSocket-Key")
+	key, n := only(r.Header, "Sec-WebSocket-Key")
 	switch {
-	case len(keys) == 0:
+	case n == 0:
 		return badRequest("missing Sec-WebSocket-Key")
-	case len(keys) > 1:
+	case n > 1:
 		return badRequest("multiple Sec-WebSocket-Key fields")
-	case !validKey(keys[0]):
+	case !validKey(key):
 		return badRequest("Sec-WebSocket-Key is not 16 bytes in base64")
 	}
 	return nil
 }
+
+// only returns the value of the first field named name and how many
+// there are (Header.Values without the slice).
+func only(h http1.Header, name string) (string, int) {
+	var v string
+	n := 0
+	for _, f := range h {
+		if strings.EqualFold(f.Name, name) {
+			if n == 0 {
+				v = f.Value
+			}
+			n++
+		}
+	}
+	return v, n
+}
+
+// strict decodes padded base64 with no stray bits; made once, as
+// Encoding.Strict returns a fresh copy at every call.
+var strict = base64.StdEncoding.Strict()
 
 // validKey reports whether key is the base64 of exactly 16 bytes.
 func validKey(key string) bool {
 	if len(key) != base64.StdEncoding.EncodedLen(16) {
 		return false
 	}
-	b, err := base64.StdEncoding.Strict().DecodeString(key)
-	return err == nil && len(b) == 16
+	var b [18]byte // DecodedLen(24)
+	n, err := strict.Decode(b[:], []byte(key))
+	return err == nil && n == 16
 }
 
 // AcceptKey is the Sec-WebSocket-Accept value for a Sec-WebSocket-Key.
 func AcceptKey(key string) string {
-	h := sha1.Sum([]byte(key + acceptGUID))
-	return base64.StdEncoding.EncodeToString(h[:])
+	var b [acceptLen]byte
+	return string(appendAccept(b[:0], key))
+}
+
+// acceptLen is the length of a Sec-WebSocket-Accept value: the base64 of a
+// SHA-1 sum.
+const acceptLen = 28
+
+// appendAccept appends AcceptKey(key) to b, hashing from a stack buffer
+// for keys of the usual size.
+func appendAccept(b []byte, key string) []byte {
+	var in [64]byte
+	h := sha1.Sum(append(append(in[:0], key...), acceptGUID...))
+	return base64.StdEncoding.AppendEncode(b, h[:])
 }
 
 // CheckResponse validates a backend's 101 to a request that carried key
@@ -102,8 +136,8 @@ func CheckResponse(r *http1.ResponseHead, key string) error {
 	case !r.Header.HasToken("Connection", "upgrade"):
 		return badResponse("backend 101 without Connection: upgrade")
 	}
-	accepts := r.Header.Values("Sec-WebSocket-Accept")
-	if len(accepts) != 1 || accepts[0] != AcceptKey(key) {
+	var want [acceptLen]byte
+	if accept, n := only(r.Header, "Sec-WebSocket-Accept"); n != 1 || accept != string(appendAccept(want[:0], key)) {
 		return badResponse("backend 101 with wrong Sec-WebSocket-Accept")
 	}
 	return nil

@@ -118,3 +118,25 @@ func TestCheckResponse(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkCheck checks a handshake both ways, as the proxy does for each.
+func BenchmarkCheck(b *testing.B) {
+	const key = "dGhlIHNhbXBsZSBub25jZQ=="
+	req := &http1.RequestHead{Method: "GET", Minor: 1, Header: http1.Header{
+		{Name: "Host", Value: "example.test"}, {Name: "Upgrade", Value: "websocket"}, {Name: "Connection", Value: "Upgrade"},
+		{Name: "Sec-WebSocket-Key", Value: key}, {Name: "Sec-WebSocket-Version", Value: "13"},
+	}}
+	resp := &http1.ResponseHead{Status: 101, Header: http1.Header{
+		{Name: "Upgrade", Value: "websocket"}, {Name: "Connection", Value: "Upgrade"},
+		{Name: "Sec-WebSocket-Accept", Value: AcceptKey(key)},
+	}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := CheckRequest(req); err != nil {
+			b.Fatal(err)
+		}
+		if err := CheckResponse(resp, key); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
