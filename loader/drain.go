@@ -602,7 +602,7 @@ func (s *Splicer) releasePair(p *pair) {
 		// the epoll set and out of sock_hash, so no verdict runs on it
 		// once close returns, and forget's deletes are final.
 		unix.Close(sk.fd)
-		final[i] = s.forget(sk.cookie, false)
+		final[i] = s.forget(sk.cookie)
 	}
 	p.final = &final
 	p.mu.Unlock()

@@ -112,7 +112,7 @@ func putBuf(b *[]byte) {
 }
 
 // Adopt implements dataplane.Dataplane: the socket enters sock_hash in
-// pass mode before its first byte is read, so every byte it ever receives
+// pass mode (no control entry) before its first byte is read, so every byte it ever receives
 // goes through the verdict and is counted (KERNEL-NOTES 1 and 12). A socket
 // that cannot be inserted is returned with Cookie 0 and later served by the
 // fallback data path.
@@ -171,7 +171,7 @@ func (s *Splicer) insert(fd int) (cookie, base uint64, err error) {
 	// through the verdict now (KERNEL-NOTES 1).
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1); err != nil {
 		s.objs.SockHash.Delete(cookie)
-		s.forget(cookie, false)
+		s.forget(cookie)
 		return 0, 0, fmt.Errorf("set SO_RCVLOWAT: %w", err)
 	}
 	return cookie, base, nil
@@ -188,11 +188,11 @@ func (s *Splicer) stats(cookie uint64) (wspliceConnStats, error) {
 	return st, err
 }
 
-// forget removes cookie's counters (and its control entry if spliced),
-// keeping (and returning) its redirected byte count. The socket must be
-// closed (or out of sock_hash) first, or the verdict could create its
-// counters again.
-func (s *Splicer) forget(cookie uint64, spliced bool) (redirected uint64) {
+// forget removes cookie's counters, keeping (and returning) its
+// redirected byte count. The socket must be closed (or out of sock_hash)
+// first, or the verdict could create its counters again. Control entries
+// (spliced sockets only) go with their pair (releasePair).
+func (s *Splicer) forget(cookie uint64) (redirected uint64) {
 	var st wspliceConnStats
 	// One syscall for both (hash maps have LOOKUP_AND_DELETE since 5.14).
 	if err := s.objs.StatsMap.LookupAndDelete(cookie, &st); err == nil {
@@ -201,9 +201,6 @@ func (s *Splicer) forget(cookie uint64, spliced bool) (redirected uint64) {
 		redirected = st.Redirected
 	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 		_ = s.objs.StatsMap.Delete(cookie)
-	}
-	if spliced {
-		_ = s.objs.CtlMap.Delete(cookie)
 	}
 	return redirected
 }
@@ -217,7 +214,7 @@ func (s *Splicer) Release(c *dataplane.Conn) {
 	s.mu.Lock()
 	delete(s.socks, c.Cookie)
 	s.mu.Unlock()
-	s.forget(c.Cookie, false)
+	s.forget(c.Cookie)
 }
 
 // Splice implements dataplane.Dataplane. The client's stream is switched
@@ -460,7 +457,7 @@ type fallbackOwner struct {
 func (o *fallbackOwner) forget() {
 	for _, c := range o.cookies {
 		if c != 0 {
-			o.s.forget(c, false)
+			o.s.forget(c)
 		}
 	}
 }
