@@ -161,6 +161,7 @@ func build(dir string) error {
 			add(t, "bulk_cpu_gb", r.CPUPerGB)
 		case "handshake":
 			add(t, "hs_rate", r.HsPerS)
+			add(t, "hs_cpu_us", r.CPUPerMAtt) // s per million = µs per handshake
 			if r.HsLatency != nil {
 				add(t, "hs_p50", r.HsLatency.P50)
 				add(t, "hs_p99", r.HsLatency.P99)
