@@ -24,8 +24,9 @@ func TestAdminStats(t *testing.T) {
 	hc := &http.Client{Timeout: testTimeout}
 	var m map[string]any
 	// The proxy registers the open connection after the client's dial
-	// returns (its accept loop runs concurrently): read until it shows,
-	// within testTimeout.
+	// returns (its accept loop runs concurrently), and hands the upgraded
+	// one to the data path after the client has read its 101: read until
+	// both show, within testTimeout.
 	for deadline := time.Now().Add(testTimeout); ; time.Sleep(10 * time.Millisecond) {
 		resp, err := hc.Get("http://" + p.AdminAddr().String() + "/debug/stats")
 		if err != nil {
@@ -37,7 +38,7 @@ func TestAdminStats(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m["connections"] == 1.0 || time.Now().After(deadline) {
+		if (m["connections"] == 1.0 && m["spliced"] == 1.0) || time.Now().After(deadline) {
 			break
 		}
 	}
