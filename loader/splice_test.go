@@ -737,3 +737,78 @@ func skipUntrimmedKernel(t *testing.T) {
 		t.Skip("kernel lacks bpf_cast_to_kern_ctx (6.2+): retransmitted overlaps cannot be cut, saturating kernel-path tests skipped")
 	}
 }
+
+// A client that sends a stream and reads its echo slowly: both directions
+// back up (the echo backend stops reading while its writes wait), leave
+// the kernel path, and userspace writes into sockets whose receive queues
+// hold bytes waiting for the other direction. Every byte must come back in
+// order, and no read may wait for long (a lost ACK there would stall the
+// pair on retransmission timeouts).
+func TestSpliceSlowReaderBothWays(t *testing.T) {
+	skipUntrimmedKernel(t)
+	s := newSplicer(t)
+	h := newHarness(t, s, backendServer(t, "OK\n", echo))
+	conns, size := 8, 8<<20
+	if testing.Short() {
+		conns, size = 2, 4<<20
+	}
+	const maxWait = 5 * time.Second
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	var mu sync.Mutex
+	var longest time.Duration
+	for i := 0; i < conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", h.addr())
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			msg := pattern(size, uint64(200+i))
+			go func() {
+				c.Write([]byte("HELLO\n"))
+				c.Write(msg)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+			r := bufio.NewReaderSize(c, 4<<10)
+			c.SetReadDeadline(time.Now().Add(maxWait))
+			if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
+				errs <- fmt.Errorf("conn %d greeting %q %v", i, line, err)
+				return
+			}
+			buf := make([]byte, 8<<10)
+			got := 0
+			last := time.Now()
+			for got < size {
+				c.SetReadDeadline(time.Now().Add(maxWait))
+				n, err := r.Read(buf[:min(len(buf), size-got)])
+				if n > 0 {
+					if !bytes.Equal(buf[:n], msg[got:got+n]) {
+						errs <- fmt.Errorf("conn %d: corrupt echo at offset %d", i, got)
+						return
+					}
+					got += n
+					now := time.Now()
+					mu.Lock()
+					longest = max(longest, now.Sub(last))
+					mu.Unlock()
+					last = now
+				}
+				if err != nil {
+					errs <- fmt.Errorf("conn %d: echo stopped at %d of %d bytes: %v", i, got, size, err)
+					return
+				}
+				time.Sleep(2 * time.Millisecond) // a slow reader
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("longest wait between reads: %v; stats %+v", longest, s.Stats())
+}
