@@ -120,7 +120,7 @@ func timeline(ctx context.Context, cfg config, phase *atomic.Int32, failed func(
 		return 0, cpuUsage{}, err
 	}
 	u := cpuDelta(c0, c1)
-	u.Attributed = float64(attributedTicks(cfg.CPUPids)-a0) / userHZ
+	u.Attributed = float64(ticksSince(a0, attributedTicks(cfg.CPUPids))) / userHZ
 	return el, u, nil
 }
 
@@ -176,7 +176,7 @@ func runClosedLoop(ctx context.Context, cfg config) (*result, error) {
 		return nil, err
 	}
 	for _, c := range conns { // unblock readers stuck on a dead proxy
-		c.c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.c.SetDeadline(drainDeadline(&fe, 5*time.Second))
 	}
 	wg.Wait()
 	var h histogram
@@ -193,6 +193,17 @@ func runClosedLoop(ctx context.Context, cfg config) (*result, error) {
 		res.CPUPerMillion = cpu.Busy / float64(n) * 1e6
 	}
 	return res, finish(res, &fe)
+}
+
+// drainDeadline is how long readers may still wait for the echoes of
+// what was sent, once a run stops: grace, or nothing once the run has
+// failed (the other connections' senders stopped at the failure, so
+// their readers would wait for echoes that never come).
+func drainDeadline(fe *firstErr, grace time.Duration) time.Time {
+	if fe.get() != nil {
+		return time.Now()
+	}
+	return time.Now().Add(grace)
 }
 
 func finish(res *result, fe *firstErr) error {
@@ -288,7 +299,7 @@ func runOpenLoop(ctx context.Context, cfg config) (*result, error) {
 	time.Sleep(time.Until(mEnd))
 	phase.Store(phaseStop)
 	for _, c := range conns {
-		c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		c.c.SetReadDeadline(drainDeadline(&fe, 5*time.Second))
 	}
 	wg.Wait()
 	var h histogram
@@ -383,7 +394,7 @@ func runBulk(ctx context.Context, cfg config) (*result, error) {
 		return nil, err
 	}
 	for _, c := range conns {
-		c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		c.c.SetReadDeadline(drainDeadline(&fe, 10*time.Second))
 	}
 	wg.Wait()
 	var n uint64

@@ -170,32 +170,55 @@ func taskCPU(pid int) (uint64, bool, error) {
 	return ut + st, flags&pfKthread != 0, nil
 }
 
-// attributedTicks is the CPU of the processes under test (the given PIDs
-// and this generator) plus every kernel thread (kworkers, ksoftirqd: where
-// the sockmap redirect runs). This kernel charges softirq time to whichever
-// task a tick interrupts (no CONFIG_IRQ_TIME_ACCOUNTING), mostly ours on
-// loopback. Unlike /proc/stat, it leaves out other tenants of a shared
-// machine.
-func attributedTicks(pids []int) uint64 {
-	var total uint64
-	seen := map[int]bool{}
+// attributedTicks is a snapshot of the CPU of the processes under test
+// (the given PIDs and this generator) and of every kernel thread
+// (kworkers, ksoftirqd: where the sockmap redirect runs), by task. This
+// kernel charges softirq time to whichever task a tick interrupts (no
+// CONFIG_IRQ_TIME_ACCOUNTING), mostly ours on loopback. Unlike /proc/stat,
+// it leaves out other tenants of a shared machine. Compare two snapshots
+// with ticksSince: kworkers come and go during a run, so a plain sum can
+// shrink.
+func attributedTicks(pids []int) map[int]uint64 {
+	ticks := map[int]uint64{}
 	for _, p := range append([]int{os.Getpid()}, pids...) {
-		if seen[p] {
+		if _, ok := ticks[p]; ok {
 			continue
 		}
-		seen[p] = true
 		if t, _, err := taskCPU(p); err == nil {
-			total += t
+			ticks[p] = t
 		}
 	}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		p, err := strconv.Atoi(e.Name())
-		if err != nil || seen[p] {
+		if err != nil {
+			continue
+		}
+		if _, ok := ticks[p]; ok {
 			continue
 		}
 		if t, k, err := taskCPU(p); err == nil && k {
-			total += t
+			ticks[p] = t
+		}
+	}
+	return ticks
+}
+
+// ticksSince is the CPU the tasks of snapshot b used since snapshot a: a
+// task that started in between counts whole; one that ended in between is
+// lost (its ticks cannot be read any more); a PID reused by a new task
+// counts the new task's ticks if they are below the old one's.
+func ticksSince(a, b map[int]uint64) uint64 {
+	var total uint64
+	for p, tb := range b {
+		ta, ok := a[p]
+		switch {
+		case !ok:
+			total += tb
+		case tb >= ta:
+			total += tb - ta
+		default:
+			total += tb
 		}
 	}
 	return total
