@@ -37,7 +37,14 @@
 #   OUT [bench/results/<UTC date-time>]  LATEST [1: copy the report to
 #   bench/results/latest.md and its charts, for the README; 0 in smoke runs]
 #   NO_PROVISION [0]  PORT_BASE [19000: ports PORT_BASE+100..+394]
+#   TOPOLOGY [loopback | netns]
 #
+# TOPOLOGY=netns puts the generator, the balancer and the echo backend in
+# three network namespaces of their own (wsb-cli-, wsb-lb- and wsb-be-
+# PORT_BASE), joined by two veth pairs in the benchmarking range:
+#   client 198.18.0.1 <-> 198.18.0.2 balancer 198.18.1.1 <-> 198.18.1.2 backend
+# The balancer's namespace forwards, so "direct" crosses the same two veth
+# links, routed by the kernel, with no proxy. The namespaces go on exit.
 # Nothing is pinned to a CPU: with two vCPUs, pinning the generator, the
 # proxy and the backend apart would leave one of them a shared core anyway;
 # all targets get the same unpinned placement. Every process this script
@@ -51,7 +58,13 @@ die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 export PATH="$PATH:/usr/local/go/bin"
-[[ $EUID -eq 0 ]] || die "run as root: the kernel path loads BPF (sudo make bench)"
+if [[ $EUID -ne 0 ]]; then
+	# The kernel path loads BPF and the namespaces need CAP_NET_ADMIN:
+	# go through sudo (passwordless in a Vagrant box), keeping the knobs.
+	command -v sudo >/dev/null || die "run as root: the kernel path loads BPF (sudo make bench)"
+	say "not root: running again under sudo"
+	exec sudo -E bash "$repo/scripts/bench.sh" "$@"
+fi
 
 smoke=${WSPLICE_BENCH_SMOKE:-0}
 if [[ $smoke == 1 ]]; then
@@ -76,6 +89,8 @@ nofile=$(ulimit -Hn)
 ulimit -n "$nofile"
 # The balancer holds two fds per proxied connection; keep 100 spare.
 IDLE_CONNS=${IDLE_CONNS:-$((nofile / 2 - 100))}
+TOPOLOGY=${TOPOLOGY:-loopback}
+[[ $TOPOLOGY == loopback || $TOPOLOGY == netns ]] || die "TOPOLOGY must be loopback or netns, not $TOPOLOGY"
 nproc=$(nproc)
 stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
 OUT=${OUT:-bench/results/$stamp}
@@ -94,10 +109,12 @@ mkdir -p "$OUT/raw"
 OUT=$(cd "$OUT" && pwd)
 run=$(mktemp -d /tmp/wsplice-bench.XXXXXX)
 pids=()
+namespaces=()
 cleanup() {
 	local p
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	for p in "${namespaces[@]}"; do ip netns del "$p" 2>/dev/null || true; done
 	rm -rf "$run"
 }
 trap cleanup EXIT
@@ -108,12 +125,51 @@ pb=${PORT_BASE:-19000}
 backend_port=$((pb + 100))
 declare -A port=([direct]=$((pb + 100)) [sockmap]=$((pb + 201)) [userspace]=$((pb + 202)) [haproxy]=$((pb + 203))
 	[nginx]=$((pb + 204)) [wsplice-tls]=$((pb + 301)) [haproxy-tls]=$((pb + 303)) [nginx-tls]=$((pb + 304)))
-backend=127.0.0.1:$backend_port
 
-wait_port() { # wait until something accepts on 127.0.0.1:$1
+# Where each party runs: cli (the generator), lb (the balancer), be (the
+# echo backend). On loopback all three share the host's 127.0.0.1; with
+# TOPOLOGY=netns each has a namespace, and *_x is the command prefix that
+# runs a program in it (an array, so that `"${lb_x[@]}" prog &` leaves $!
+# the program's own pid: ip netns exec execs it).
+cli_x=() lb_x=() be_x=()
+lb_host=127.0.0.1 be_host=127.0.0.1
+netns_up() {
+	local c=wsb-cli-$pb l=wsb-lb-$pb b=wsb-be-$pb n
+	for n in "$c" "$l" "$b"; do
+		ip netns del "$n" 2>/dev/null || true
+		ip netns add "$n" || die "ip netns add $n failed"
+		namespaces+=("$n")
+		ip -n "$n" link set lo up
+	done
+	# veth names: at most 15 characters.
+	ip link add "wsbc$pb" netns "$c" type veth peer name "wsbl$pb" netns "$l"
+	ip link add "wsbm$pb" netns "$l" type veth peer name "wsbb$pb" netns "$b"
+	ip -n "$c" addr add 198.18.0.1/24 dev "wsbc$pb"
+	ip -n "$l" addr add 198.18.0.2/24 dev "wsbl$pb"
+	ip -n "$l" addr add 198.18.1.1/24 dev "wsbm$pb"
+	ip -n "$b" addr add 198.18.1.2/24 dev "wsbb$pb"
+	ip -n "$c" link set "wsbc$pb" up
+	ip -n "$l" link set "wsbl$pb" up
+	ip -n "$l" link set "wsbm$pb" up
+	ip -n "$b" link set "wsbb$pb" up
+	ip -n "$c" route add 198.18.1.0/24 via 198.18.0.2
+	ip -n "$b" route add 198.18.0.0/24 via 198.18.1.1
+	ip netns exec "$l" sysctl -qw net.ipv4.ip_forward=1
+	cli_x=(ip netns exec "$c") lb_x=(ip netns exec "$l") be_x=(ip netns exec "$b")
+	lb_host=198.18.0.2 be_host=198.18.1.2
+	say "topology: client 198.18.0.1 ($c) -> balancer 198.18.0.2 / 198.18.1.1 ($l) -> backend 198.18.1.2 ($b)"
+}
+[[ $TOPOLOGY != netns ]] || netns_up
+backend=$be_host:$backend_port
+# The address the generator dials for target $1.
+target_addr() {
+	if [[ $1 == direct ]]; then echo "$backend"; else echo "$lb_host:${port[$1]}"; fi
+}
+
+wait_port() { # wait until the generator's side can connect to host $1 port $2
 	local i
 	for i in $(seq 100); do
-		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		"${cli_x[@]}" bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null && return 0
 		sleep 0.05
 	done
 	return 1
@@ -140,7 +196,7 @@ render() {
 		nc="ssl_certificate $run/tls.crt; ssl_certificate_key $run/tls.key; ssl_protocols TLSv1.2 TLSv1.3;"
 	fi
 	sed -e "s|@HAPROXY_SSL@|$hs|g" -e "s|@NGINX_SSL@|$ns|g" -e "s|@NGINX_SSL_CONF@|$nc|g" -e "s|@NPROC@|$nproc|g" -e "s|@NOFILE@|$nofile|g" -e "s|@MAXCONN@|$((nofile / 2 - 50))|g" \
-		-e "s|@RUNDIR@|$run|g" -e "s|@BACKEND@|$backend|g" -e "s|@LISTEN@|127.0.0.1:$2|g" "$1"
+		-e "s|@RUNDIR@|$run|g" -e "s|@BACKEND@|$backend|g" -e "s|@LISTEN@|$lb_host:$2|g" "$1"
 }
 
 target_pid=
@@ -152,7 +208,7 @@ start_target() {
 	case $t in
 	direct) return 0 ;;
 	sockmap | userspace)
-		bin/wsplice --listen "127.0.0.1:$p" --backend "$backend" --dataplane "$t" \
+		"${lb_x[@]}" bin/wsplice --listen "$lb_host:$p" --backend "$backend" --dataplane "$t" \
 			--admin "127.0.0.1:$((p + 90))" --log-level warn --drain-timeout 1s >"$run/$t.log" 2>&1 &
 		target_pid=$!
 		target_pids=$target_pid
@@ -160,26 +216,26 @@ start_target() {
 	wsplice-tls)
 		# TLS pairs are relayed by Go whatever the data path (the
 		# README's TLS section): --dataplane only names the plain one.
-		bin/wsplice --listen-tls "127.0.0.1:$p" --tls-cert "$run/tls.crt" --tls-key "$run/tls.key" \
+		"${lb_x[@]}" bin/wsplice --listen-tls "$lb_host:$p" --tls-cert "$run/tls.crt" --tls-key "$run/tls.key" \
 			--backend "$backend" --admin "127.0.0.1:$((p + 90))" --log-level warn --drain-timeout 1s >"$run/$t.log" 2>&1 &
 		target_pid=$!
 		target_pids=$target_pid
 		;;
 	haproxy | haproxy-tls)
 		render bench/conf/haproxy.cfg.tmpl "$p" "$(is_tls "$t" && echo tls)" >"$run/$t.cfg"
-		haproxy -db -f "$run/$t.cfg" >"$run/$t.log" 2>&1 &
+		"${lb_x[@]}" haproxy -db -f "$run/$t.cfg" >"$run/$t.log" 2>&1 &
 		target_pid=$!
 		target_pids=$target_pid
 		;;
 	nginx | nginx-tls)
 		mkdir -p "$run/body" "$run/proxy" "$run/fastcgi" "$run/uwsgi" "$run/scgi"
 		render bench/conf/nginx.conf.tmpl "$p" "$(is_tls "$t" && echo tls)" >"$run/$t.conf"
-		nginx -e "$run/nginx-error.log" -p "$run" -c "$run/$t.conf" >"$run/$t.log" 2>&1 &
+		"${lb_x[@]}" nginx -e "$run/nginx-error.log" -p "$run" -c "$run/$t.conf" >"$run/$t.log" 2>&1 &
 		target_pid=$!
 		;;
 	esac
 	pids+=("$target_pid")
-	wait_port "$p" || { cat "$run/$t.log" "$run"/*.log >&2 || true; die "$t did not start listening on $p"; }
+	wait_port "$lb_host" "$p" || { cat "$run/$t.log" "$run"/*.log >&2 || true; die "$t did not start listening on $p"; }
 	if [[ $t == nginx* ]]; then # master and its workers
 		target_pids=$(
 			echo "$target_pid"
@@ -191,7 +247,7 @@ start_target() {
 stop_target() {
 	[[ -n $target_pid ]] || return 0
 	if [[ ${1:-} == wsplice-tls ]]; then # which path carried the TLS records
-		curl -fsS "http://127.0.0.1:$((port[$1] + 90))/debug/stats" >"$OUT/wsplice-tls-stats.$2.json" 2>/dev/null || true
+		"${lb_x[@]}" curl -fsS "http://127.0.0.1:$((port[$1] + 90))/debug/stats" >"$OUT/wsplice-tls-stats.$2.json" 2>/dev/null || true
 	fi
 	kill "$target_pid" 2>/dev/null || true
 	wait "$target_pid" 2>/dev/null || true
@@ -199,10 +255,10 @@ stop_target() {
 }
 
 start_backend() {
-	bin/wsplice-echo --listen "$backend" --name echo1 --log-level warn >"$run/echo.log" 2>&1 &
+	"${be_x[@]}" bin/wsplice-echo --listen "$backend" --name echo1 --log-level warn >"$run/echo.log" 2>&1 &
 	backend_pid=$!
 	pids+=("$backend_pid")
-	wait_port "$backend_port" || die "the echo backend did not start"
+	wait_port "$be_host" "$backend_port" || die "the echo backend did not start"
 }
 
 load() { # scenario target rep: one run of the generator, JSON into raw/
@@ -218,7 +274,7 @@ load() { # scenario target rep: one run of the generator, JSON into raw/
 	say "rep $r/$REPS: $t $s"
 	local cpu_pids=$backend_pid
 	[[ -z $target_pids ]] || cpu_pids+=,$target_pids
-	if ! bin/wsplice-load --mode "$s" --addr "127.0.0.1:${port[$t]}" --duration "$DURATION" --warmup "$WARMUP" \
+	if ! "${cli_x[@]}" bin/wsplice-load --mode "$s" --addr "$(target_addr "$t")" --duration "$DURATION" --warmup "$WARMUP" \
 		--label "$t" --cpu-pids "$cpu_pids" "${args[@]}" >"$f" 2>"$run/load.err"; then
 		cat "$run/load.err" >&2
 		echo "$t $s rep $r: $(cat "$run/load.err" | tail -1)" >>"$OUT/failures.txt"
@@ -250,6 +306,7 @@ machine_info() {
   "handshake_workers": $HS_WORKERS, "idle_conns": $IDLE_CONNS, "smoke": $smoke,
   "openssl": "$(openssl version | awk '{ print $2 }')",
   "wss_scenarios": "$WSS_SCENARIOS",
+  "topology": "$TOPOLOGY",
   "tls_path": "$(grep -qw tls /proc/sys/net/ipv4/tcp_available_ulp 2>/dev/null && echo ktls || echo userspace)"
 }
 JSON
@@ -278,7 +335,7 @@ if [[ $PERF == 1 ]] && command -v perf >/dev/null; then
 		[[ " $TARGETS " == *" $t "* ]] || continue
 		say "perf profile: $t closed-loop"
 		start_target "$t"
-		bin/wsplice-load --mode closed-loop --addr "127.0.0.1:${port[$t]}" --conns "$CLOSED_CONNS" \
+		"${cli_x[@]}" bin/wsplice-load --mode closed-loop --addr "$(target_addr "$t")" --conns "$CLOSED_CONNS" \
 			--duration 8s --warmup 1s --baseline 0 >"$run/perf-load.json" 2>>"$run/load.err" &
 		lp=$!
 		pids+=("$lp")
