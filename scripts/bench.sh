@@ -155,6 +155,14 @@ netns_up() {
 	ip -n "$c" route add 198.18.1.0/24 via 198.18.0.2
 	ip -n "$b" route add 198.18.0.0/24 via 198.18.1.1
 	ip netns exec "$l" sysctl -qw net.ipv4.ip_forward=1
+	# New namespaces reuse TIME_WAIT ports for loopback only
+	# (tcp_tw_reuse=2): over veth, the handshake scenario's tens of
+	# thousands of connections would use up the ports of the generator
+	# and of the balancer's backend side for a minute, and the next
+	# scenario's connects fail. Same setting for every target.
+	for n in "$c" "$l"; do
+		ip netns exec "$n" sysctl -qw net.ipv4.tcp_tw_reuse=1
+	done
 	cli_x=(ip netns exec "$c") lb_x=(ip netns exec "$l") be_x=(ip netns exec "$b")
 	lb_host=198.18.0.2 be_host=198.18.1.2
 	say "topology: client 198.18.0.1 ($c) -> balancer 198.18.0.2 / 198.18.1.1 ($l) -> backend 198.18.1.2 ($b)"
