@@ -499,12 +499,40 @@ func (s *Splicer) writeAll(p *pair, fd int, b []byte) error {
 				return errPairClosed
 			}
 			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-			_, _ = unix.Poll(pfd, 100)
+			if n, _ := unix.Poll(pfd, 100); n == 0 {
+				keepAcksFlowing(fd)
+			}
 		default:
 			return err
 		}
 	}
 	return nil
+}
+
+// keepAcksFlowing raises fd's send buffer when the socket's receive
+// memory is over what the kernel lets in while the socket is busy
+// (rcvbuf + sndbuf: a segment that arrives while userspace or the
+// kworker holds the socket is dropped whole over that, its ACK too).
+// Bytes the verdict passes are charged to the receive memory even past
+// SO_RCVBUF (the psock queues them), so a direction in userspace whose
+// reader waits can push it there; the ACKs for what we send on fd are
+// then lost, fd backs off exponentially, and the other direction stalls
+// for tens of seconds. Raising sndbuf lifts that limit without opening
+// the receive window (which follows rcvbuf alone).
+func keepAcksFlowing(fd int) {
+	var mi [unix.SK_MEMINFO_VARS]uint32
+	n := uint32(unsafe.Sizeof(mi))
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO,
+		uintptr(unsafe.Pointer(&mi)), uintptr(unsafe.Pointer(&n)), 0); e != 0 {
+		return
+	}
+	rmem, rcvbuf, sndbuf := uint64(mi[unix.SK_MEMINFO_RMEM_ALLOC]), uint64(mi[unix.SK_MEMINFO_RCVBUF]), uint64(mi[unix.SK_MEMINFO_SNDBUF])
+	if rmem+(256<<10) <= rcvbuf+sndbuf || sndbuf >= maxRcvBuf {
+		return
+	}
+	want := min(rmem+(1<<20)-rcvbuf, maxRcvBuf)
+	// The kernel doubles what it is given.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, int(want/2+1))
 }
 
 // rearm re-enables epoll for sk: FIN and errors (and data, once the
