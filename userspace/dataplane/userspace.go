@@ -220,12 +220,18 @@ func (u *Userspace) tlsCopier(p *pair, dst, src *Conn, dir string) {
 
 // copier moves src → dst until src ends. Named so stacks read well.
 //
-// Each round waits until src has bytes, then moves exactly what is queued
-// with ReadFrom, which takes the splice(2) path for a *net.TCPConn source
-// behind a LimitedReader. Bounding each call by what is queued makes the
-// byte counters exact while the pair lives: one unbounded ReadFrom would
-// only report when the stream ends. The Conn wrappers are bypassed, so the
-// counting is done here.
+// Small rounds: wait in the poller with no buffer held, then read(2) what
+// is queued into a pooled buffer and write(2) it; for the small messages
+// most WebSocket traffic is made of, that is three system calls a message
+// (the read that finds nothing, the read, the write), where a splice round
+// takes five (a peek that finds nothing, the peek, SIOCINQ, two splice(2)
+// calls through a pipe). A read that fills the buffer means more is
+// queued: the direction switches to splice rounds, which move exactly what
+// is queued with ReadFrom (the splice(2) path for a *net.TCPConn source
+// behind a LimitedReader) and avoid the copies for bulk, until a round
+// moves no more than a buffer's worth. Either way each round moves what is
+// queued, so the byte counters are exact while the pair lives. The Conn
+// wrappers are bypassed, so the counting is done here.
 func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 	defer u.wg.Done()
 	var total int64
@@ -240,7 +246,36 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 		u.finish(p, dst, err, total, dir)
 		return
 	}
+	// Kernel TLS sockets keep splice rounds only: their non-data records
+	// are recognised by the errors splice returns (ktlsRecordEnd).
+	bulk := src.KTLS || dst.KTLS
+	count := func(n int64) {
+		total += n
+		src.read.Add(n)
+		dst.written.Add(n)
+		u.bytes.Add(uint64(n))
+		p.moved(dst, n)
+	}
 	for err == nil {
+		if !bulk {
+			var n int
+			var bp *[]byte
+			if bp, n, err = readSome(raw); n > 0 {
+				m, werr := dst.TCPConn.Write((*bp)[:n])
+				count(int64(m))
+				if werr != nil && err == nil {
+					err = werr
+				}
+			}
+			if bp != nil {
+				smallBufs.Put(bp)
+			}
+			if n == 0 && err == nil {
+				break // EOF
+			}
+			bulk = n == smallCopy
+			continue
+		}
 		var avail int
 		if avail, err = queued(raw); err != nil || avail == 0 {
 			break
@@ -254,19 +289,57 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 		}
 		var n int64
 		n, err = dst.TCPConn.ReadFrom(&io.LimitedReader{R: src.TCPConn, N: int64(min(avail, spliceChunk))})
-		total += n
-		src.read.Add(n)
-		dst.written.Add(n)
-		u.bytes.Add(uint64(n))
-		p.moved(dst, n)
+		count(n)
 		if n == 0 && err == nil {
 			break // EOF
 		}
+		bulk = src.KTLS || dst.KTLS || n > smallCopy
 	}
 	if err != nil && src.KTLS && !errors.Is(err, net.ErrClosed) {
 		err = u.ktlsRecordEnd(p, src, err, dir)
 	}
 	u.finish(p, dst, err, total, dir)
+}
+
+// smallCopy is the buffer of one small copier round.
+const smallCopy = 16 << 10
+
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallCopy); return &b }}
+
+// readSome waits until the socket is readable and reads what it holds, up
+// to smallCopy bytes, into a buffer from smallBufs that the caller puts
+// back (nil if nothing was read). No buffer is held while waiting: an idle
+// pair costs its two goroutines and nothing more. It returns 0 and no
+// error at EOF, and the error of a reset socket.
+func readSome(raw syscall.RawConn) (*[]byte, int, error) {
+	var bp *[]byte
+	var n int
+	var opErr error
+	err := raw.Read(func(fd uintptr) bool {
+		if bp == nil {
+			bp = smallBufs.Get().(*[]byte)
+		}
+		m, e := unix.Read(int(fd), *bp)
+		switch {
+		case e == unix.EAGAIN || e == unix.EINTR:
+			smallBufs.Put(bp)
+			bp = nil
+			return false // not readable yet: wait in the poller
+		case e != nil:
+			opErr = os.NewSyscallError("read", e)
+			return true
+		}
+		n = m
+		return true
+	})
+	if err == nil {
+		err = opErr
+	}
+	if n == 0 && bp != nil {
+		smallBufs.Put(bp)
+		bp = nil
+	}
+	return bp, n, err
 }
 
 // ktlsRecordEnd looks at why a read from a kernel TLS socket failed. The

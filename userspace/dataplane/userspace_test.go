@@ -158,3 +158,55 @@ func TestUserspaceCountsLive(t *testing.T) {
 		t.Errorf("bytes_userspace = %d while open, want %d", got, want)
 	}
 }
+
+// TestUserspaceMixedSizes: messages that take the small read/write rounds
+// and bursts that switch a direction to splice rounds and back, both ways,
+// each checked byte for byte and in order.
+func TestUserspaceMixedSizes(t *testing.T) {
+	dp := NewUserspace(zerolog.Nop())
+	defer dp.Close()
+	client, backend := splicedPair(t, dp)
+	sizes := []int{1, 64, smallCopy - 1, smallCopy, smallCopy + 1, 3, 4 << 20, 7, 2 * smallCopy, 64, 1}
+	var want uint64
+	seq := byte(0)
+	fill := func(b []byte) {
+		for i := range b {
+			b[i] = seq
+			seq = seq*31 + 7
+		}
+	}
+	for i, n := range sizes {
+		for _, d := range []struct {
+			name string
+			w, r *net.TCPConn
+		}{{"to backend", client, backend}, {"to client", backend, client}} {
+			msg := make([]byte, n)
+			fill(msg)
+			errc := make(chan error, 1)
+			go func() { _, err := d.w.Write(msg); errc <- err }()
+			got := make([]byte, n)
+			if _, err := io.ReadFull(d.r, got); err != nil {
+				t.Fatalf("message %d (%d B) %s: %v", i, n, d.name, err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, msg) {
+				t.Fatalf("message %d (%d B) %s: bytes differ", i, n, d.name)
+			}
+			want += uint64(n)
+		}
+	}
+	// Nothing more than was sent arrives.
+	_ = client.CloseWrite()
+	if rest, err := io.ReadAll(backend); err != nil || len(rest) != 0 {
+		t.Fatalf("backend got %d extra bytes, %v", len(rest), err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for dp.Stats().BytesUserspace < want && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := dp.Stats().BytesUserspace; got != want {
+		t.Errorf("bytes_userspace = %d, want %d", got, want)
+	}
+}
