@@ -233,36 +233,16 @@ func runOpenLoop(ctx context.Context, cfg config) (*result, error) {
 	mStart, mEnd := start.Add(cfg.Warmup), start.Add(total)
 	hists := make([]histogram, len(conns))
 	sent := make([]uint64, len(conns))
+	nMsgs := uint64(total / interval) // per connection
+	scheds := make([]chan time.Time, len(conns))
 	var wg sync.WaitGroup
 	for i, c := range conns {
+		// A write blocked for good would stop the pacer: bound it.
+		_ = c.c.SetWriteDeadline(mEnd.Add(10 * time.Second))
 		// Echoes come back in order: the receiver pops scheduled times.
 		sched := make(chan time.Time, 1<<14)
-		offset := time.Duration(int64(interval) * int64(i) / int64(len(conns)))
-		nMsgs := uint64(total / interval)
-		wg.Add(2)
-		go func() { // sender
-			defer wg.Done()
-			defer close(sched)
-			msg := make([]byte, cfg.Size)
-			for seq := uint64(0); seq < nMsgs; seq++ {
-				at := start.Add(offset + time.Duration(seq)*interval)
-				if d := time.Until(at); d > 0 {
-					time.Sleep(d)
-				}
-				if phase.Load() == phaseStop || fe.get() != nil {
-					return
-				}
-				fillPayload(msg, uint32(i), seq)
-				sched <- at
-				if err := c.writeBinary(msg); err != nil {
-					fe.set(fmt.Errorf("conn %d write: %w", i, err))
-					return
-				}
-				if !at.Before(mStart) && at.Before(mEnd) {
-					sent[i]++
-				}
-			}
-		}()
+		scheds[i] = sched
+		wg.Add(1)
 		go func() { // receiver
 			defer wg.Done()
 			v := verifier{conn: uint32(i)}
@@ -289,6 +269,46 @@ func runOpenLoop(ctx context.Context, cfg config) (*result, error) {
 			}
 		}()
 	}
+	// One sender for every connection, on its own thread (see pacer):
+	// connection i sends its seq-th message at start + offset(i) +
+	// seq*interval, offsets spread evenly over an interval, so the
+	// aggregate schedule is one message every interval/len(conns). A
+	// late wake-up or a slow write delays the messages behind it, and
+	// their latency counts from their scheduled time all the same.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer func() {
+			for _, s := range scheds {
+				close(s)
+			}
+		}()
+		pc := newPacer()
+		msg := make([]byte, cfg.Size)
+		n := uint64(len(conns))
+		failed := make([]bool, len(conns))
+		for k := uint64(0); k < nMsgs*n; k++ {
+			i, seq := k%n, k/n
+			if failed[i] {
+				continue
+			}
+			at := start.Add(time.Duration(int64(interval)*int64(i)/int64(n)) + time.Duration(seq)*interval)
+			pc.until(at)
+			if phase.Load() == phaseStop || fe.get() != nil {
+				return
+			}
+			fillPayload(msg, uint32(i), seq)
+			scheds[i] <- at
+			if err := conns[i].writeBinary(msg); err != nil {
+				fe.set(fmt.Errorf("conn %d write: %w", i, err))
+				failed[i] = true
+				continue
+			}
+			if !at.Before(mStart) && at.Before(mEnd) {
+				sent[i]++
+			}
+		}
+	}()
 	time.Sleep(time.Until(start))
 	el, cpu, err := timeline(ctx, cfg, &phase, func() bool { return fe.get() != nil })
 	if err != nil {
