@@ -10,6 +10,11 @@
 # relay), haproxy, nginx. Scenarios: open-loop, closed-loop, bulk, handshake,
 # idle (cmd/wsplice-load documents each).
 #
+# gofloor (bench/gofloor) is a reference, not a competitor: the least a
+# proxy built on Go's net package can do per connection (no parsing, no
+# limits, io.Copy). It runs only the scenarios in GOFLOOR_SCENARIOS, to show
+# where Go itself stands against nginx in the handshake rate.
+#
 # WSS: the targets wsplice-tls (--listen-tls), haproxy-tls (bind ... ssl crt)
 # and nginx-tls (listen ... ssl) terminate TLS with the same generated
 # self-signed ECDSA P-256 certificate in front of the same plaintext echo
@@ -30,7 +35,8 @@
 #   REPS [3]  DURATION [10s]  WARMUP [2s]  RATE [5000 msgs/s, open-loop]
 #   OPEN_CONNS [100]  CLOSED_CONNS [64]  BULK_CONNS [2]  HS_WORKERS [16]
 #   IDLE_CONNS [fd limit / 2 - 100]
-#   TARGETS [direct sockmap userspace haproxy nginx wsplice-tls haproxy-tls nginx-tls]
+#   TARGETS [direct sockmap userspace gofloor haproxy nginx wsplice-tls haproxy-tls nginx-tls]
+#   GOFLOOR_SCENARIOS [closed-loop handshake: the scenarios gofloor runs]
 #   WSS_SCENARIOS [closed-loop handshake: the scenarios the -tls targets run]
 #   SCENARIOS [open-loop closed-loop bulk handshake idle]
 #   PERF [1: perf profile of the closed-loop run on the kernel and userspace paths]
@@ -79,9 +85,10 @@ OPEN_CONNS=${OPEN_CONNS:-100}
 CLOSED_CONNS=${CLOSED_CONNS:-64}
 BULK_CONNS=${BULK_CONNS:-2}
 HS_WORKERS=${HS_WORKERS:-16}
-TARGETS=${TARGETS:-direct sockmap userspace haproxy nginx wsplice-tls haproxy-tls nginx-tls}
+TARGETS=${TARGETS:-direct sockmap userspace gofloor haproxy nginx wsplice-tls haproxy-tls nginx-tls}
 [[ $TARGETS != wss ]] || TARGETS="direct wsplice-tls haproxy-tls nginx-tls"
 WSS_SCENARIOS=${WSS_SCENARIOS:-closed-loop handshake}
+GOFLOOR_SCENARIOS=${GOFLOOR_SCENARIOS:-closed-loop handshake}
 SCENARIOS=${SCENARIOS:-open-loop closed-loop bulk handshake idle}
 PERF=${PERF:-1}
 LATEST=${LATEST:-1}
@@ -104,6 +111,7 @@ command -v nginx >/dev/null || die "nginx not installed (scripts/provision.sh --
 say "building"
 make --no-print-directory build >&2
 go build -o bin/wsplice-load ./cmd/wsplice-load
+(cd bench && go build -o ../bin/gofloor ./gofloor)
 
 mkdir -p "$OUT/raw"
 OUT=$(cd "$OUT" && pwd)
@@ -124,7 +132,7 @@ trap 'exit 130' INT TERM
 pb=${PORT_BASE:-19000}
 backend_port=$((pb + 100))
 declare -A port=([direct]=$((pb + 100)) [sockmap]=$((pb + 201)) [userspace]=$((pb + 202)) [haproxy]=$((pb + 203))
-	[nginx]=$((pb + 204)) [wsplice-tls]=$((pb + 301)) [haproxy-tls]=$((pb + 303)) [nginx-tls]=$((pb + 304)))
+	[nginx]=$((pb + 204)) [gofloor]=$((pb + 205)) [wsplice-tls]=$((pb + 301)) [haproxy-tls]=$((pb + 303)) [nginx-tls]=$((pb + 304)))
 
 # Where each party runs: cli (the generator), lb (the balancer), be (the
 # echo backend). On loopback all three share the host's 127.0.0.1; with
@@ -229,6 +237,11 @@ start_target() {
 		target_pid=$!
 		target_pids=$target_pid
 		;;
+	gofloor)
+		"${lb_x[@]}" bin/gofloor "$lb_host:$p" "$backend" >"$run/$t.log" 2>&1 &
+		target_pid=$!
+		target_pids=$target_pid
+		;;
 	haproxy | haproxy-tls)
 		render bench/conf/haproxy.cfg.tmpl "$p" "$(is_tls "$t" && echo tls)" >"$run/$t.cfg"
 		"${lb_x[@]}" haproxy -db -f "$run/$t.cfg" >"$run/$t.log" 2>&1 &
@@ -314,6 +327,7 @@ machine_info() {
   "handshake_workers": $HS_WORKERS, "idle_conns": $IDLE_CONNS, "smoke": $smoke,
   "openssl": "$(openssl version | awk '{ print $2 }')",
   "wss_scenarios": "$WSS_SCENARIOS",
+  "gofloor_scenarios": "$GOFLOOR_SCENARIOS",
   "topology": "$TOPOLOGY",
   "tls_path": "$(grep -qw tls /proc/sys/net/ipv4/tcp_available_ulp 2>/dev/null && echo ktls || echo userspace)"
 }
@@ -328,6 +342,9 @@ for r in $(seq "$REPS"); do
 		start_target "$t"
 		for s in $SCENARIOS; do
 			if is_tls "$t" && [[ " $WSS_SCENARIOS " != *" $s "* ]]; then
+				continue
+			fi
+			if [[ $t == gofloor && " $GOFLOOR_SCENARIOS " != *" $s "* ]]; then
 				continue
 			fi
 			load "$s" "$t" "$r"

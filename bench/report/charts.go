@@ -14,6 +14,7 @@ var palette = []color.Color{
 	color.RGBA{0x88, 0x88, 0x88, 0xff}, // direct
 	color.RGBA{0x1f, 0x77, 0xb4, 0xff}, // sockmap
 	color.RGBA{0x6b, 0xae, 0xd6, 0xff}, // userspace
+	color.RGBA{0xbc, 0xbd, 0x22, 0xff}, // gofloor
 	color.RGBA{0xd6, 0x27, 0x28, 0xff}, // haproxy
 	color.RGBA{0x2c, 0xa0, 0x2c, 0xff}, // nginx
 }
@@ -39,7 +40,17 @@ func grouped(m metrics, file, title, ylabel string, keys, groupNames []string, s
 	p := plot.New()
 	p.Title.Text = title
 	p.Y.Label.Text = ylabel
-	ts := present(m)
+	// Only targets that ran a scenario behind these keys (gofloor and
+	// the TLS targets run a subset).
+	var ts []string
+	for _, t := range present(m) {
+		for _, k := range keys {
+			if _, ok := m.get(t, k); ok {
+				ts = append(ts, t)
+				break
+			}
+		}
+	}
 	w := vg.Points(float64(int(300 / max(1, len(ts)*len(keys)))))
 	w = min(max(w, 8), 28)
 	for i, t := range ts {
@@ -71,6 +82,9 @@ func single(m metrics, file, title, ylabel, key string, scale float64, skipDirec
 	var i int
 	for _, t := range present(m) {
 		if skipDirect && t == "direct" {
+			continue
+		}
+		if _, ok := m.get(t, key); !ok {
 			continue
 		}
 		v := nan0(m.med(t, key)) * scale

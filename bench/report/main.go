@@ -16,8 +16,9 @@ import (
 )
 
 // targets in report order; the first is the baseline, the second the
-// project's kernel path.
-var targets = []string{"direct", "sockmap", "userspace", "haproxy", "nginx"}
+// project's kernel path. gofloor is a reference (bench/gofloor), not a
+// competitor: the targets compare wsplice with HAProxy and nginx only.
+var targets = []string{"direct", "sockmap", "userspace", "gofloor", "haproxy", "nginx"}
 
 // wssTargets terminate TLS in front of the same plaintext backend; they
 // have a table of their own.
@@ -25,6 +26,7 @@ var wssTargets = []string{"wsplice-tls", "haproxy-tls", "nginx-tls"}
 
 var targetNames = map[string]string{
 	"direct": "direct", "sockmap": "wsplice sockmap", "userspace": "wsplice userspace",
+	"gofloor": "Go floor (bench/gofloor)",
 	"haproxy": "HAProxy", "nginx": "nginx",
 	"wsplice-tls": "wsplice --listen-tls", "haproxy-tls": "HAProxy bind ssl", "nginx-tls": "nginx listen ssl",
 }

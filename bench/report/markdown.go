@@ -96,8 +96,8 @@ func markdown(dir string, m metrics, machine map[string]any) string {
 	dcpu := m.med("direct", "ol_cpu_us")
 	for _, t := range ts {
 		ovh := "–"
-		if t != "direct" && !math.IsNaN(dcpu) {
-			ovh = fmt.Sprintf("%.1f", m.med(t, "ol_cpu_us")-dcpu)
+		if v := m.med(t, "ol_cpu_us"); t != "direct" && !math.IsNaN(dcpu) && !math.IsNaN(v) {
+			ovh = fmt.Sprintf("%.1f", v-dcpu)
 		}
 		rss := m.cell(t, "idle_rss", 1, 0)
 		if t == "direct" {
@@ -202,6 +202,11 @@ func markdown(dir string, m metrics, machine map[string]any) string {
 		}
 		p("CPU per handshake over direct (attributed, median): wsplice sockmap %.0f µs, %s %.0f µs (%s); userspace path %.0f µs.\n\n",
 			hc, bcw, bc, ratio(hc, bc), ovh("userspace", "hs_cpu_us"))
+	}
+	if g := m.med("gofloor", "hs_rate"); !math.IsNaN(g) {
+		p("The Go floor (bench/gofloor: a proxy on Go's net package that parses nothing and copies with io.Copy) made %.0f handshakes/s, %s %s, with %.0f µs of CPU per handshake over direct: ",
+			g, ratio(g, bh), bhw, ovh("gofloor", "hs_cpu_us"))
+		p("what any design on Go's net package starts from. wsplice sockmap made %s of the floor's rate.\n\n", ratio(hs, g))
 	}
 
 	p("## Charts\n\n")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -269,6 +270,14 @@ func runOpenLoop(ctx context.Context, cfg config) (*result, error) {
 			}
 		}()
 	}
+	// The pacer's thread sleeps in a system call, where it keeps its P
+	// (scheduler slot) until sysmon takes it back, which can take up to
+	// 10 ms on an idle process: the receivers would be short of a P
+	// meanwhile. One more P than CPUs leaves them as many as without
+	// the pacer.
+	procs := runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(procs + 1)
+	defer runtime.GOMAXPROCS(procs)
 	// One sender for every connection, on its own thread (see pacer):
 	// connection i sends its seq-th message at start + offset(i) +
 	// seq*interval, offsets spread evenly over an interval, so the

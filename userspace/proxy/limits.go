@@ -128,6 +128,12 @@ func setKeepAlive(fd int, off bool) error {
 func (p *Proxy) dial(ctx context.Context, addr string) (*net.TCPConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.conf().DialTimeout)
 	defer cancel()
+	// Not Dialer.DialTCP with a parsed netip.AddrPort, though it skips the
+	// resolver's address lists (a few percent of a handshake's CPU): with
+	// a zero local address it binds ":0" before connecting, and bind
+	// picks a port without the connect-time reuse of TIME_WAIT ports, so
+	// under a handshake load it failed with EADDRINUSE (go1.26, seen
+	// here).
 	c, err := p.dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial backend %s: %w", addr, err)
