@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/wsplice/wsplice/userspace/dataplane"
 )
@@ -49,5 +50,17 @@ func BenchmarkIdleCheck(b *testing.B) {
 			perOp := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
 			b.ReportMetric(float64(pairs)/60*perOp/1e9*100, "%cpu@60s")
 		})
+	}
+}
+
+// What the daemon keeps per spliced connection is its memory per idle
+// WebSocket (issue 5: at most 1 KiB of RSS): the pair must stay in the
+// 128-byte allocation class and each sock in the 80-byte one.
+func TestPairAllocationClass(t *testing.T) {
+	if n := unsafe.Sizeof(pair{}); n > 128 {
+		t.Errorf("pair is %d bytes, over the 128-byte allocation class: reorder or trim its fields", n)
+	}
+	if n := unsafe.Sizeof(sock{}); n > 80 {
+		t.Errorf("sock is %d bytes, over the 80-byte allocation class", n)
 	}
 }
