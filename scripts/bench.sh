@@ -201,6 +201,16 @@ tls_cert() {
 	cat "$run/tls.crt" "$run/tls.key" >"$run/tls.pem"
 }
 is_tls() { [[ $1 == *-tls ]]; }
+# runs_scenario TARGET SCENARIO: the TLS targets and gofloor run a subset.
+runs_scenario() {
+	local only=
+	if is_tls "$1"; then
+		only=$WSS_SCENARIOS
+	elif [[ $1 == gofloor ]]; then
+		only=$GOFLOOR_SCENARIOS
+	fi
+	[[ -z $only || " $only " == *" $2 "* ]]
+}
 
 # Fill a template's @VARS@; a -tls target's template turns TLS on
 # (@HAPROXY_SSL@, @NGINX_SSL@, @NGINX_SSL_CONF@), others leave it off.
@@ -341,12 +351,7 @@ for r in $(seq "$REPS"); do
 	for t in $TARGETS; do
 		start_target "$t"
 		for s in $SCENARIOS; do
-			if is_tls "$t" && [[ " $WSS_SCENARIOS " != *" $s "* ]]; then
-				continue
-			fi
-			if [[ $t == gofloor && " $GOFLOOR_SCENARIOS " != *" $s "* ]]; then
-				continue
-			fi
+			runs_scenario "$t" "$s" || continue
 			load "$s" "$t" "$r"
 		done
 		stop_target "$t" "$r"

@@ -40,15 +40,10 @@ func grouped(m metrics, file, title, ylabel string, keys, groupNames []string, s
 	p := plot.New()
 	p.Title.Text = title
 	p.Y.Label.Text = ylabel
-	// Only targets that ran a scenario behind these keys (gofloor and
-	// the TLS targets run a subset).
 	var ts []string
 	for _, t := range present(m) {
-		for _, k := range keys {
-			if _, ok := m.get(t, k); ok {
-				ts = append(ts, t)
-				break
-			}
+		if m.ran(t, keys...) {
+			ts = append(ts, t)
 		}
 	}
 	w := vg.Points(float64(int(300 / max(1, len(ts)*len(keys)))))
@@ -84,7 +79,7 @@ func single(m metrics, file, title, ylabel, key string, scale float64, skipDirec
 		if skipDirect && t == "direct" {
 			continue
 		}
-		if _, ok := m.get(t, key); !ok {
+		if !m.ran(t, key) {
 			continue
 		}
 		v := nan0(m.med(t, key)) * scale

@@ -5,17 +5,17 @@ import (
 	"time"
 )
 
-// The pacer never wakes before the scheduled time (a latency measured from
+// sleepUntil never wakes before the scheduled time (a latency measured from
 // the scheduled time would then read short), and a time already past
 // returns at once.
 func TestPacerNeverEarly(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pc := newPacer()
+		lockForPacing()
 		for i := range 200 {
 			at := time.Now().Add(time.Duration(i%7) * 50 * time.Microsecond)
-			pc.until(at)
+			sleepUntil(at)
 			if now := time.Now(); now.Before(at) {
 				t.Errorf("woke %v early", at.Sub(now))
 				return
@@ -23,14 +23,14 @@ func TestPacerNeverEarly(t *testing.T) {
 		}
 		past := time.Now().Add(-time.Second)
 		t0 := time.Now()
-		pc.until(past)
+		sleepUntil(past)
 		if d := time.Since(t0); d > 100*time.Millisecond {
-			t.Errorf("until(past) took %v", d)
+			t.Errorf("sleepUntil(past) took %v", d)
 		}
 	}()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		t.Fatal("pacer did not return")
+		t.Fatal("sleepUntil did not return")
 	}
 }

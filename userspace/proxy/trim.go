@@ -21,11 +21,10 @@ import (
 // over: two GCs of a small heap and an madvise, at most once per quiet
 // period after real allocation.
 const (
-	// trimTick: how often allocation is sampled, so a burst's heap goes
-	// back within about two ticks of its end. A quarter second costs a
-	// runtime/metrics read four times a second; at one second the trim
-	// came one to two seconds after a burst, often after the benchmark's
-	// idle scenario had read the RSS it reports.
+	// trimTick: how often allocation is sampled; a burst's heap goes
+	// back within about two ticks of its end, for a runtime/metrics read
+	// per tick. (Against a one-second tick, the benchmark's idle
+	// scenario measured no RSS difference within this VM's spread.)
 	trimTick = 250 * time.Millisecond
 	// trimBurst: allocation since the last trim that makes a trim
 	// worthwhile once quiet.
