@@ -12,8 +12,11 @@
 #
 # gofloor (bench/gofloor) is a reference, not a competitor: the least a
 # proxy built on Go's net package can do per connection (no parsing, no
-# limits, io.Copy). It runs only the scenarios in GOFLOOR_SCENARIOS, to show
-# where Go itself stands against nginx in the handshake rate.
+# limits, io.Copy). evfloor (bench/evfloor) is the same least work in an
+# epoll loop per core on raw non-blocking sockets, outside Go's net
+# package, as nginx and HAProxy are built. Both run only the scenarios in
+# GOFLOOR_SCENARIOS, to show where Go itself stands against nginx in the
+# handshake rate, with and without its net package.
 #
 # WSS: the targets wsplice-tls (--listen-tls), haproxy-tls (bind ... ssl crt)
 # and nginx-tls (listen ... ssl) terminate TLS with the same generated
@@ -35,8 +38,8 @@
 #   REPS [3]  DURATION [10s]  WARMUP [2s]  RATE [5000 msgs/s, open-loop]
 #   OPEN_CONNS [100]  CLOSED_CONNS [64]  BULK_CONNS [2]  HS_WORKERS [16]
 #   IDLE_CONNS [fd limit / 2 - 100]
-#   TARGETS [direct sockmap userspace gofloor haproxy nginx wsplice-tls haproxy-tls nginx-tls]
-#   GOFLOOR_SCENARIOS [closed-loop handshake: the scenarios gofloor runs]
+#   TARGETS [direct sockmap userspace gofloor evfloor haproxy nginx wsplice-tls haproxy-tls nginx-tls]
+#   GOFLOOR_SCENARIOS [closed-loop handshake: the scenarios gofloor and evfloor run]
 #   WSS_SCENARIOS [closed-loop handshake: the scenarios the -tls targets run]
 #   SCENARIOS [open-loop closed-loop bulk handshake idle]
 #   PERF [1: perf profile of the closed-loop run on the kernel and userspace paths]
@@ -85,7 +88,7 @@ OPEN_CONNS=${OPEN_CONNS:-100}
 CLOSED_CONNS=${CLOSED_CONNS:-64}
 BULK_CONNS=${BULK_CONNS:-2}
 HS_WORKERS=${HS_WORKERS:-16}
-TARGETS=${TARGETS:-direct sockmap userspace gofloor haproxy nginx wsplice-tls haproxy-tls nginx-tls}
+TARGETS=${TARGETS:-direct sockmap userspace gofloor evfloor haproxy nginx wsplice-tls haproxy-tls nginx-tls}
 [[ $TARGETS != wss ]] || TARGETS="direct wsplice-tls haproxy-tls nginx-tls"
 WSS_SCENARIOS=${WSS_SCENARIOS:-closed-loop handshake}
 GOFLOOR_SCENARIOS=${GOFLOOR_SCENARIOS:-closed-loop handshake}
@@ -111,7 +114,7 @@ command -v nginx >/dev/null || die "nginx not installed (scripts/provision.sh --
 say "building"
 make --no-print-directory build >&2
 go build -o bin/wsplice-load ./cmd/wsplice-load
-(cd bench && go build -o ../bin/gofloor ./gofloor)
+(cd bench && go build -o ../bin/gofloor ./gofloor && go build -o ../bin/evfloor ./evfloor)
 
 mkdir -p "$OUT/raw"
 OUT=$(cd "$OUT" && pwd)
@@ -132,7 +135,7 @@ trap 'exit 130' INT TERM
 pb=${PORT_BASE:-19000}
 backend_port=$((pb + 100))
 declare -A port=([direct]=$((pb + 100)) [sockmap]=$((pb + 201)) [userspace]=$((pb + 202)) [haproxy]=$((pb + 203))
-	[nginx]=$((pb + 204)) [gofloor]=$((pb + 205)) [wsplice-tls]=$((pb + 301)) [haproxy-tls]=$((pb + 303)) [nginx-tls]=$((pb + 304)))
+	[nginx]=$((pb + 204)) [gofloor]=$((pb + 205)) [evfloor]=$((pb + 206)) [wsplice-tls]=$((pb + 301)) [haproxy-tls]=$((pb + 303)) [nginx-tls]=$((pb + 304)))
 
 # Where each party runs: cli (the generator), lb (the balancer), be (the
 # echo backend). On loopback all three share the host's 127.0.0.1; with
@@ -201,12 +204,12 @@ tls_cert() {
 	cat "$run/tls.crt" "$run/tls.key" >"$run/tls.pem"
 }
 is_tls() { [[ $1 == *-tls ]]; }
-# runs_scenario TARGET SCENARIO: the TLS targets and gofloor run a subset.
+# runs_scenario TARGET SCENARIO: the TLS targets and the floors run a subset.
 runs_scenario() {
 	local only=
 	if is_tls "$1"; then
 		only=$WSS_SCENARIOS
-	elif [[ $1 == gofloor ]]; then
+	elif [[ $1 == gofloor || $1 == evfloor ]]; then
 		only=$GOFLOOR_SCENARIOS
 	fi
 	[[ -z $only || " $only " == *" $2 "* ]]
@@ -247,8 +250,8 @@ start_target() {
 		target_pid=$!
 		target_pids=$target_pid
 		;;
-	gofloor)
-		"${lb_x[@]}" bin/gofloor "$lb_host:$p" "$backend" >"$run/$t.log" 2>&1 &
+	gofloor | evfloor)
+		"${lb_x[@]}" bin/$t "$lb_host:$p" "$backend" >"$run/$t.log" 2>&1 &
 		target_pid=$!
 		target_pids=$target_pid
 		;;

@@ -14,7 +14,7 @@ func (m metrics) get(t, k string) (stat, bool) {
 	return s, ok && s.N > 0
 }
 
-// ran reports whether target t has a value for any of keys: gofloor and
+// ran reports whether target t has a value for any of keys: the floors and
 // the TLS targets run a subset of the scenarios, and charts leave them out
 // of the others.
 func (m metrics) ran(t string, keys ...string) bool {
@@ -223,6 +223,15 @@ func markdown(dir string, m metrics, machine map[string]any) string {
 		p("The Go floor (bench/gofloor: a proxy on Go's net package that parses nothing and copies with io.Copy) made %.0f handshakes/s%s, with %.0f µs of CPU per handshake over direct: ",
 			g, vsBest, ovh("gofloor", "hs_cpu_us"))
 		p("what any design on Go's net package starts from. wsplice sockmap made %s of the floor's rate.\n\n", ratio(hs, g))
+	}
+	if e := m.med("evfloor", "hs_rate"); !math.IsNaN(e) {
+		vsBest := ""
+		if !math.IsNaN(bh) {
+			vsBest = fmt.Sprintf(" (%s %s)", ratio(e, bh), bhw)
+		}
+		p("The event-loop floor (bench/evfloor: the same least work, in an epoll loop per core on raw non-blocking sockets, outside Go's net package) made %.0f handshakes/s%s, with %.0f µs of CPU per handshake over direct: ",
+			e, vsBest, ovh("evfloor", "hs_cpu_us"))
+		p("where a Go handshake layer of nginx's design would start, before any parsing and before the kernel path's own set-up and teardown of each connection.\n\n")
 	}
 
 	p("## Charts\n\n")
