@@ -567,9 +567,22 @@ func (s *Splicer) abort(p *pair, from *sock) {
 func (s *Splicer) resetBroken(sk *sock) {
 	p := sk.pair
 	if p == nil {
-		if sk.conn != nil {
+		switch {
+		case sk.conn != nil:
 			_ = sk.conn.SetLinger(0)
 			_ = sk.conn.Close()
+		default:
+			// A bare fd of the proxy's handshake loop (AdoptFD): it
+			// is the loop's to close; a reset makes its I/O fail.
+			// Under s.mu, which the loop's ReleaseFD and ConnFD take
+			// before the fd is closed: the number is still this
+			// socket's.
+			s.mu.Lock()
+			if s.socks[sk.cookie] == sk && sk.fd > 0 && sk.pair == nil {
+				_ = unix.SetsockoptLinger(sk.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+				_ = unix.Shutdown(sk.fd, unix.SHUT_RDWR)
+			}
+			s.mu.Unlock()
 		}
 		return
 	}

@@ -247,21 +247,65 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	if client.TLS != nil || client.KTLS || backend.TLS != nil || backend.KTLS {
 		return s.spliceFallback(client, backend, toClient)
 	}
-	p := &pair{s: s, socks: [2]*sock{cs, bs}, owner: client.Owner}
-	cs.peer, bs.peer = bs, cs
-	for _, sk := range p.socks {
-		fd, err := dupFD(sk.conn.TCPConn)
+	var fds [2]int
+	for i, c := range []*dataplane.Conn{client, backend} {
+		fd, err := dupFD(c.TCPConn)
 		if err != nil {
-			for _, o := range p.socks {
-				if o.fd > 0 {
-					unix.Close(o.fd)
-				}
+			if i == 1 {
+				unix.Close(fds[0])
 			}
 			s.Release(client)
 			s.Release(backend)
 			return fmt.Errorf("duplicate socket fd: %w", err)
 		}
-		sk.fd = fd
+		fds[i] = fd
+	}
+	return s.splicePair(cs, bs, fds, toClient, spliceIO{
+		owner:          client.Owner,
+		clientRead:     client.BytesRead(),
+		backendRead:    backend.BytesRead(),
+		backendWritten: backend.BytesWritten(),
+		writeClient: func(_ *pair, b []byte) (int64, error) {
+			_, err := client.Write(b)
+			return client.BytesWritten(), err
+		},
+		// The Go conns go away (and with them the runtime poller's
+		// registration); the sockets live on through the duplicates.
+		dropConns: func() {
+			client.TCPConn.Close()
+			backend.TCPConn.Close()
+		},
+	})
+}
+
+// spliceIO is what splicePair needs from the proxy's side of a handshake,
+// done through Go conns (Splice) or on bare fds (SpliceFD).
+type spliceIO struct {
+	owner dataplane.Owner
+	// What the proxy read from each socket and wrote to the backend.
+	clientRead, backendRead, backendWritten int64
+	// writeClient writes b to the client and returns all the proxy ever
+	// wrote to it.
+	writeClient func(p *pair, b []byte) (int64, error)
+	// dropConns closes what the proxy held besides the fds (nil: none).
+	dropConns func()
+}
+
+// splicePair switches an adopted pair to the kernel path. fds are the
+// pair's own from here on (closed with it), the client's first. The
+// client's stream is switched to redirect before toClient (the 101) is
+// written, so nothing the client sends in answer is passed to userspace;
+// the backend's stream is switched right after, since the client must get
+// the 101 before any backend byte. Bytes passed before a switch are
+// forwarded by the slow path.
+func (s *Splicer) splicePair(cs, bs *sock, fds [2]int, toClient []byte, io spliceIO) error {
+	p := &pair{s: s, socks: [2]*sock{cs, bs}, owner: io.owner}
+	cs.peer, bs.peer = bs, cs
+	cs.fd, bs.fd = fds[0], fds[1]
+	drop := func() {
+		if io.dropConns != nil {
+			io.dropConns()
+		}
 	}
 	// Published and registered with epoll before any switch, so that a
 	// pass notice or a FIN finds the pair; kick holds such events until
@@ -276,24 +320,22 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	for _, sk := range p.socks {
 		ev := epollEvent(sk, unix.EPOLLRDHUP|unix.EPOLLONESHOT)
 		if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, sk.fd, &ev); err != nil {
-			client.TCPConn.Close()
-			backend.TCPConn.Close()
+			drop()
 			s.closePair(p, true)
 			return fmt.Errorf("epoll_ctl add: %w", err)
 		}
 	}
 
 	fail := func(err error) error {
-		client.TCPConn.Close()
-		backend.TCPConn.Close()
+		drop()
 		s.closePair(p, true)
 		return err
 	}
 	// The proxy has written all it owes the backend: client bytes may go
 	// straight to it from now on.
-	cs.consumed = uint64(client.BytesRead())
-	bs.written = uint64(backend.BytesWritten())
-	bs.consumed = uint64(backend.BytesRead())
+	cs.consumed = uint64(io.clientRead)
+	bs.written = uint64(io.backendWritten)
+	bs.consumed = uint64(io.backendRead)
 	if err := s.putCtl(cs); err != nil {
 		return fail(fmt.Errorf("switch client socket to redirect: %w", err))
 	}
@@ -307,7 +349,8 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	// backend sends before the switch (typically its answer to the
 	// client's first frame, sent on receipt of the 101) is passed, and
 	// must then be forwarded by the slow path.
-	if _, err := client.Write(toClient); err != nil {
+	written, err := io.writeClient(p, toClient)
+	if err != nil {
 		return fail(fmt.Errorf("write to client: %w", err))
 	}
 	if err := s.putCtl(bs); err != nil {
@@ -316,15 +359,10 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	if err := verdictBarrier(bs.fd); err != nil {
 		return fail(err)
 	}
-	cs.written = uint64(client.BytesWritten())
+	cs.written = uint64(written)
 	p.base = [2]uint64{cs.consumed, bs.consumed}
+	drop()
 	for _, sk := range p.socks {
-		if spliceRcvBuf > 0 {
-			_ = sk.conn.SetReadBuffer(spliceRcvBuf)
-		}
-		// The Go conn goes away (and with it the runtime poller's
-		// registration); the socket lives on through sk.fd.
-		sk.conn.TCPConn.Close()
 		sk.conn = nil
 	}
 	// From now on the proxy may close the pair through its handle (a
@@ -353,6 +391,122 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 	}
 	return nil
 }
+
+// AdoptFD implements dataplane.Raw: Adopt for a bare fd, which stays the
+// caller's. A socket that cannot be inserted gets cookie 0 and is later
+// served by the fallback data path.
+func (s *Splicer) AdoptFD(fd int) (uint64, error) {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return 0, dataplane.ErrClosed
+	}
+	cookie, base, err := s.insert(fd)
+	if err != nil {
+		s.log.Debug().Err(err).Msg("socket not adopted by the kernel path; it will use the fallback")
+		return 0, nil
+	}
+	s.mu.Lock()
+	s.socks[cookie] = &sock{cookie: cookie, fd: fd, givenBase: base}
+	s.mu.Unlock()
+	return cookie, nil
+}
+
+// ConnFD implements dataplane.Raw.
+func (s *Splicer) ConnFD(sk dataplane.RawSock) (*dataplane.Conn, error) {
+	if sk.Cookie != 0 {
+		s.mu.Lock()
+		if so := s.socks[sk.Cookie]; so != nil {
+			so.fd = 0 // about to be closed (see resetBroken)
+		}
+		s.mu.Unlock()
+	}
+	tc, err := dataplane.FileConn(sk.FD)
+	if err != nil {
+		s.forgetRaw(sk)
+		return nil, err
+	}
+	dc := dataplane.NewConnCounted(tc, sk.Read, sk.Written)
+	if sk.Cookie == 0 {
+		return dc, nil
+	}
+	dc.Cookie = sk.Cookie
+	s.mu.Lock()
+	if so := s.socks[sk.Cookie]; so != nil {
+		so.conn = dc
+	}
+	s.mu.Unlock()
+	return dc, nil
+}
+
+// ReleaseFD implements dataplane.Raw.
+func (s *Splicer) ReleaseFD(sk dataplane.RawSock) {
+	if sk.Cookie != 0 {
+		s.mu.Lock()
+		delete(s.socks, sk.Cookie)
+		s.mu.Unlock()
+	}
+	unix.Close(sk.FD) // closing removes the socket from sock_hash
+	if sk.Cookie != 0 {
+		s.forget(sk.Cookie) // after the close: see forget
+	}
+}
+
+// forgetRaw forgets a socket whose fd is closed.
+func (s *Splicer) forgetRaw(sk dataplane.RawSock) {
+	if sk.Cookie == 0 {
+		return
+	}
+	s.mu.Lock()
+	delete(s.socks, sk.Cookie)
+	s.mu.Unlock()
+	s.forget(sk.Cookie)
+}
+
+// SpliceFD implements dataplane.Raw: Splice for bare fds, which it takes
+// over as the pair's own (no duplicate, no Go conn to close).
+func (s *Splicer) SpliceFD(client, backend dataplane.RawSock, toClient []byte, owner dataplane.Owner) error {
+	s.mu.Lock()
+	cs, bs := s.socks[client.Cookie], s.socks[backend.Cookie]
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		s.ReleaseFD(client)
+		s.ReleaseFD(backend)
+		return dataplane.ErrClosed
+	}
+	if cs == nil || bs == nil || client.Cookie == 0 || backend.Cookie == 0 {
+		cc, err := s.ConnFD(client)
+		if err != nil {
+			s.ReleaseFD(backend)
+			return err
+		}
+		bc, err := s.ConnFD(backend)
+		if err != nil {
+			s.Release(cc)
+			return err
+		}
+		cc.Owner = owner
+		_ = cc.SetWriteDeadline(time.Now().Add(rawWriteTimeout))
+		return s.spliceFallback(cc, bc, toClient)
+	}
+	return s.splicePair(cs, bs, [2]int{client.FD, backend.FD}, toClient, spliceIO{
+		owner:          owner,
+		clientRead:     client.Read,
+		backendRead:    backend.Read,
+		backendWritten: backend.Written,
+		writeClient: func(p *pair, b []byte) (int64, error) {
+			if err := s.writeAll(p, client.FD, b); err != nil {
+				return 0, err
+			}
+			return client.Written + int64(len(b)), nil
+		},
+	})
+}
+
+// rawWriteTimeout bounds the fallback's write of the 101 for SpliceFD.
+const rawWriteTimeout = 10 * time.Second
 
 // verdictBarrier returns once no verdict that may have read a control
 // entry older than the last putCtl on fd's socket is still running. A

@@ -11,11 +11,13 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/wsplice/wsplice/userspace/dataplane"
 )
@@ -61,6 +63,9 @@ type harness struct {
 	wg      sync.WaitGroup
 	// preSplice, if set, runs between the backend's reply and Splice.
 	preSplice func()
+	// raw runs the handshake on bare fds (AdoptFD, SpliceFD), as the
+	// proxy's handshake loop does.
+	raw bool
 }
 
 func newHarness(t testing.TB, s *Splicer, backend string) *harness {
@@ -95,6 +100,9 @@ func (h *harness) serve() {
 }
 
 func (h *harness) handle(tc *net.TCPConn) error {
+	if h.raw {
+		return h.handleRaw(tc)
+	}
 	client, err := h.s.Adopt(tc)
 	if err != nil {
 		return err
@@ -130,6 +138,77 @@ func (h *harness) handle(tc *net.TCPConn) error {
 		h.preSplice()
 	}
 	return h.s.Splice(client, backend, append(reply, extra...))
+}
+
+// handleRaw is handle on bare non-blocking fds: the client's is a
+// duplicate of tc's (tc closed at once), the backend's a socket of its own.
+func (h *harness) handleRaw(tc *net.TCPConn) error {
+	cfd, err := dupFD(tc)
+	tc.Close()
+	if err != nil {
+		return err
+	}
+	client := dataplane.RawSock{FD: cfd}
+	if client.Cookie, err = h.s.AdoptFD(cfd); err != nil {
+		unix.Close(cfd)
+		return err
+	}
+	// The client's line and what it pipelined behind it.
+	in, err := readUntilLine(cfd)
+	if err != nil {
+		h.s.ReleaseFD(client)
+		return nil // client went away during the handshake
+	}
+	client.Read = int64(len(in))
+	bc, err := net.Dial("tcp", h.backend)
+	if err != nil {
+		h.s.ReleaseFD(client)
+		return err
+	}
+	bfd, err := dupFD(bc.(*net.TCPConn))
+	bc.Close()
+	if err != nil {
+		return err
+	}
+	backend := dataplane.RawSock{FD: bfd}
+	if backend.Cookie, err = h.s.AdoptFD(bfd); err != nil {
+		return err
+	}
+	if _, err := unix.Write(bfd, in); err != nil { // line and pipelined bytes
+		return err
+	}
+	backend.Written = int64(len(in))
+	reply, err := readUntilLine(bfd)
+	if err != nil {
+		return fmt.Errorf("backend reply: %w", err)
+	}
+	backend.Read = int64(len(reply))
+	return h.s.SpliceFD(client, backend, reply, nil)
+}
+
+// readUntilLine reads from a non-blocking fd until what it read holds a
+// newline (the line and whatever came with it).
+func readUntilLine(fd int) ([]byte, error) {
+	var out []byte
+	buf := make([]byte, 4096)
+	deadline := time.Now().Add(10 * time.Second)
+	for !bytes.Contains(out, []byte("\n")) {
+		n, err := unix.Read(fd, buf)
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			if time.Now().After(deadline) {
+				return nil, os.ErrDeadlineExceeded
+			}
+			_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 100)
+			continue
+		case err != nil:
+			return nil, err
+		case n == 0:
+			return nil, io.ErrUnexpectedEOF
+		}
+		out = append(out, buf[:n]...)
+	}
+	return out, nil
 }
 
 func flush(r *bufio.Reader, w io.Writer) error {
@@ -241,6 +320,71 @@ func TestSpliceEchoInKernel(t *testing.T) {
 		t.Fatalf("after half-close: %d bytes, %v; want EOF", n, err)
 	}
 	waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 0 && st.MapEntries == 0 })
+}
+
+// TestSpliceFDEchoInKernel is TestSpliceEchoInKernel on bare fds
+// (AdoptFD, SpliceFD: the proxy's handshake loop): bytes pipelined behind
+// the handshake arrive, an 8 MiB echo comes back intact, mostly through
+// the kernel, a half-close propagates and the pair leaves nothing behind.
+func TestSpliceFDEchoInKernel(t *testing.T) {
+	s := newSplicer(t)
+	h := newHarness(t, s, backendServer(t, "WELCOME\n", echo))
+	h.raw = true
+	socks := openSockets(t)
+	c, r := dialHarness(t, h, []byte("early"))
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	got, err := r.ReadString('\n')
+	if err != nil || got != "WELCOME\n" {
+		t.Fatalf("greeting = %q, %v", got, err)
+	}
+	early := make([]byte, 5)
+	if _, err := io.ReadFull(r, early); err != nil || string(early) != "early" {
+		t.Fatalf("pipelined bytes = %q, %v", early, err)
+	}
+	waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 1 && st.MapEntries == 2 })
+	msg := pattern(8<<20, 2)
+	go func() { c.Write(msg) }()
+	back := make([]byte, len(msg))
+	if _, err := io.ReadFull(r, back); err != nil {
+		t.Fatalf("read echo: %v", err)
+	}
+	if !bytes.Equal(back, msg) {
+		t.Fatalf("echoed bytes differ at %d", firstDiff(back, msg))
+	}
+	if st := s.Stats(); st.BytesKernel < uint64(len(msg))/4 {
+		t.Fatalf("bytes_kernel = %d, want at least %d (the kernel path was hardly used)", st.BytesKernel, len(msg)/4)
+	}
+	c.CloseWrite()
+	if n, err := io.Copy(io.Discard, r); err != nil || n != 0 {
+		t.Fatalf("after half-close: %d bytes, %v; want EOF", n, err)
+	}
+	waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 0 && st.MapEntries == 0 })
+	c.Close()
+	// Sockets, not all fds: io.Copy in the echo server caches splice
+	// pipes.
+	deadline := time.Now().Add(5 * time.Second)
+	for openSockets(t) > socks && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := openSockets(t); n > socks {
+		t.Errorf("open sockets %d after the pair ended, %d before", n, socks)
+	}
+}
+
+// openSockets counts this process's socket fds.
+func openSockets(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
 }
 
 // The backend sends bytes in the same segment as its greeting: they must

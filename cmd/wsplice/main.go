@@ -101,7 +101,7 @@ type rawFlags struct {
 	listen, listenTLS, listenTCP, listenTCPTLS, certs, keys listFlag
 	backends                                                backendFlag
 	level                                                   string
-	keepAlive                                               bool
+	keepAlive, hsLoop                                       bool
 	admin                                                   adminFlag
 }
 
@@ -137,6 +137,7 @@ func newFlagSet(o *options, r *rawFlags, stdout io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "most live client connections from one source address (0: no limit)")
 	fs.IntVar(&o.cfg.MaxConnRatePerIP, "max-conn-rate-per-ip", 0, "most new client connections per second from one source address (0: no limit)")
 	fs.BoolVar(&r.keepAlive, "tcp-keepalive", true, "TCP keepalive on client and backend sockets (idle 30s, interval 10s, 3 probes); --tcp-keepalive=false turns it off")
+	fs.BoolVar(&r.hsLoop, "handshake-loop", true, "serve WebSocket handshakes on --listen in an event loop on bare sockets (when the data path takes them); --handshake-loop=false gives every connection a goroutine on Go's net package")
 	fs.DurationVar(&o.cfg.IdleTimeout, "idle-timeout", proxy.DefaultIdleTimeout, "close a WebSocket (or L4 connection) with no byte in either direction for this long, on every data path; 1s to 1h")
 	fs.DurationVar(&o.cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long established connections may run on after the listeners close (0: close them at once)")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
@@ -221,6 +222,7 @@ func finishOptions(o *options, r *rawFlags) (*options, bool, error) {
 		return nil, false, usageError{fmt.Errorf("invalid --drain-timeout %v: must not be negative", o.cfg.DrainTimeout)}
 	}
 	o.cfg.TCPKeepAliveOff = !r.keepAlive
+	o.cfg.NoHandshakeLoop = !r.hsLoop
 	o.cfg.Admin, o.cfg.AdminOptional = r.admin.value, !r.admin.set
 	if o.cfg.Admin == "off" {
 		o.cfg.Admin = ""

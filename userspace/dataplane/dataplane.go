@@ -138,6 +138,45 @@ type Owner interface {
 // NewConn wraps c with zero counts.
 func NewConn(c *net.TCPConn) *Conn { return &Conn{TCPConn: c} }
 
+// NewConnCounted wraps c with the counts of the bytes already read from
+// and written to its socket by other means (a raw handshake, see Raw).
+func NewConnCounted(c *net.TCPConn, read, written int64) *Conn {
+	dc := &Conn{TCPConn: c}
+	dc.read.Store(read)
+	dc.written.Store(written)
+	return dc
+}
+
+// RawSock is a socket the proxy's event loop owns as a bare non-blocking
+// fd, with exact counts of what the loop read from it and wrote to it.
+type RawSock struct {
+	FD      int
+	Cookie  uint64 // from AdoptFD (0: not adopted by a kernel path)
+	Read    int64
+	Written int64
+}
+
+// Raw is implemented by a data plane that can take sockets the proxy
+// handles as bare fds, outside Go's net package (the HTTP listeners'
+// handshake loop). The rules are Dataplane's: AdoptFD before the first
+// byte is read, every byte written to the backend before SpliceFD.
+type Raw interface {
+	// AdoptFD registers fd (a connected TCP socket) and returns its
+	// cookie (0 when the data plane keeps none).
+	AdoptFD(fd int) (uint64, error)
+	// ConnFD hands an adopted fd to Go's net package, for the parts of a
+	// connection's life the loop does not serve: it returns the Conn all
+	// later I/O goes through (counts carried over) and closes sk.FD.
+	ConnFD(sk RawSock) (*Conn, error)
+	// ReleaseFD closes an adopted fd that is not spliced and forgets it.
+	ReleaseFD(sk RawSock)
+	// SpliceFD is Splice for two adopted fds, which it takes over: it
+	// writes toClient to the client (non-blocking, waiting while the
+	// socket is full) after taking over its stream, and tells owner as
+	// Splice tells a client Conn's Owner. On error both are closed.
+	SpliceFD(client, backend RawSock, toClient []byte, owner Owner) error
+}
+
 // Read reads from the connection and counts the bytes.
 func (c *Conn) Read(p []byte) (int, error) {
 	var n int

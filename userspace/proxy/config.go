@@ -125,6 +125,12 @@ type Config struct {
 	// sockets (on by default: KeepAliveIdle, KeepAliveInterval,
 	// KeepAliveCount).
 	TCPKeepAliveOff bool
+	// NoHandshakeLoop serves every HTTP listener's connection with a
+	// goroutine through Go's net package. By default WebSocket handshakes
+	// on the HTTP listeners run in an event loop on bare sockets (see
+	// hsloop.go) when the data plane can take bare sockets
+	// (dataplane.Raw); everything else goes to the goroutine path.
+	NoHandshakeLoop bool
 }
 
 // limits returns the limiter's configuration.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wsplice/wsplice/userspace/backend"
 	"github.com/wsplice/wsplice/userspace/dataplane"
 	"github.com/wsplice/wsplice/userspace/http1"
 	"github.com/wsplice/wsplice/userspace/limit"
@@ -57,13 +59,36 @@ type clientConn struct {
 
 	served  int // requests answered on this connection
 	spliced bool
+
+	// tried and triedErr are the backends whose connect failed before
+	// the connection came to Go (the handshake loop's), and the last
+	// error: connectBackend goes on from there.
+	tried    []*backend.Backend
+	triedErr error
+	// headDeadline, when set, is the first request head's deadline (the
+	// handshake loop's accept time plus HeaderTimeout).
+	headDeadline time.Time
 }
 
-func (cc *clientConn) serve() {
+func (cc *clientConn) serve() { cc.serveFrom(nil, nil) }
+
+// serveFrom serves the connection with prefix as the first bytes of its
+// stream (bytes the handshake loop read from the socket) and, when first
+// is set, first answers the request the loop has read: first reports
+// whether the connection stays in the request loop.
+func (cc *clientConn) serveFrom(prefix []byte, first func() bool) {
 	p := cc.p
 	defer p.wg.Done()
 	cc.br = p.readers.Get().(*bufio.Reader)
-	cc.br.Reset(cc.conn)
+	if len(prefix) > 0 {
+		// Buffered at once (the loop reads at most MaxHeaderBytes, the
+		// reader's size): bytes pipelined behind a request must show in
+		// Buffered, which upgrade forwards before splicing.
+		cc.br.Reset(io.MultiReader(bytes.NewReader(prefix), cc.conn))
+		_, _ = cc.br.Peek(len(prefix))
+	} else {
+		cc.br.Reset(cc.conn)
+	}
 	cc.bw = p.writers.Get().(*bufio.Writer)
 	cc.bw.Reset(cc.conn)
 	debug := p.log.Debug().Enabled()
@@ -102,6 +127,12 @@ func (cc *clientConn) serve() {
 		cc.serveL4()
 		return
 	}
+	if first != nil {
+		if !first() {
+			return
+		}
+		cc.served++
+	}
 	for {
 		cc.idle.Store(true)
 		if p.shuttingDown.Load() {
@@ -118,7 +149,11 @@ func (cc *clientConn) serve() {
 // connection stays open for another request.
 func (cc *clientConn) serveOne() bool {
 	p := cc.p
-	_ = cc.conn.SetReadDeadline(time.Now().Add(p.conf().HeaderTimeout))
+	deadline := time.Now().Add(p.conf().HeaderTimeout)
+	if !cc.headDeadline.IsZero() {
+		deadline, cc.headDeadline = cc.headDeadline, time.Time{}
+	}
+	_ = cc.conn.SetReadDeadline(deadline)
 	if _, err := cc.br.Peek(1); err != nil {
 		// Nothing sent: an idle keep-alive connection just closes; a new
 		// connection that stays silent gets its 408.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http/httptest"
@@ -437,14 +438,35 @@ func TestKeepAliveAccepted(t *testing.T) {
 				}
 			}
 			p.mu.Unlock()
+			read := func(fd uintptr) {
+				on, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+				idle, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+				intvl, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPINTVL)
+				cnt, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPCNT)
+			}
 			if conn != nil {
 				raw, _ := conn.SyscallConn()
-				_ = raw.Control(func(fd uintptr) {
-					on, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
-					idle, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
-					intvl, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPINTVL)
-					cnt, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPCNT)
-				})
+				_ = raw.Control(read)
+				return
+			}
+			// A silent connection waits in the handshake loop.
+			found := false
+			if p.hsl != nil {
+				p.hsl.mu.Lock()
+				for _, h := range p.hsl.conns {
+					if h.loopFD != h.client.FD {
+						continue
+					}
+					if sa, err := unix.Getpeername(h.client.FD); err == nil {
+						if a, ok := sa.(*unix.SockaddrInet4); ok && fmt.Sprintf("%d.%d.%d.%d:%d", a.Addr[0], a.Addr[1], a.Addr[2], a.Addr[3], a.Port) == local {
+							read(uintptr(h.client.FD))
+							found = true
+						}
+					}
+				}
+				p.hsl.mu.Unlock()
+			}
+			if found {
 				return
 			}
 			if time.Now().After(deadline) {

@@ -79,8 +79,8 @@ func (p *Proxy) reportConnect(b *backend.Backend, err error) {
 // when every connect failed.
 func (cc *clientConn) connectBackend(req *backend.Request) (*backend.Lease, *dataplane.Conn, int, error) {
 	p := cc.p
-	var tried []*backend.Backend
-	var lastErr error
+	// The handshake loop may have seen connects fail already.
+	tried, lastErr := cc.tried, cc.triedErr
 	for {
 		l, err := p.pool.Acquire(req, tried)
 		if err != nil {
@@ -137,7 +137,12 @@ func (cc *clientConn) spliceWithLease(l *backend.Lease, bconn *dataplane.Conn, t
 
 // backendRequest is what the policy and the sticky cookie look at.
 func (cc *clientConn) backendRequest(req *http1.RequestHead) *backend.Request {
-	r := &backend.Request{SourceIP: remoteIP(cc.conn.RemoteAddr())}
+	return cc.p.backendRequest(remoteIP(cc.conn.RemoteAddr()), req)
+}
+
+// backendRequest is clientConn.backendRequest for a client at ip.
+func (p *Proxy) backendRequest(ip string, req *http1.RequestHead) *backend.Request {
+	r := &backend.Request{SourceIP: ip}
 	if req == nil {
 		return r
 	}
@@ -155,7 +160,7 @@ func (cc *clientConn) backendRequest(req *http1.RequestHead) *backend.Request {
 		}
 		return ""
 	}
-	if name := cc.p.cfg.StickyCookie; name != "" {
+	if name := p.cfg.StickyCookie; name != "" {
 		r.Sticky = r.Cookie(name)
 	}
 	return r
@@ -174,7 +179,12 @@ func readCookies(h http1.Header) []*http.Cookie {
 // stickyField is the Set-Cookie field pinning the client to b, or nil when
 // stickiness is off or the client's cookie already names b.
 func (cc *clientConn) stickyField(req *backend.Request, b *backend.Backend) http1.Header {
-	name := cc.p.cfg.StickyCookie
+	return cc.p.stickyField(req, b)
+}
+
+// stickyField is clientConn.stickyField.
+func (p *Proxy) stickyField(req *backend.Request, b *backend.Backend) http1.Header {
+	name := p.cfg.StickyCookie
 	if name == "" || req.Sticky == b.ID() {
 		return nil
 	}

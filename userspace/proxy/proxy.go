@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/wsplice/wsplice/userspace/backend"
 	"github.com/wsplice/wsplice/userspace/certstore"
@@ -79,6 +80,13 @@ type Proxy struct {
 	shuttingDown atomic.Bool
 	wg           sync.WaitGroup // accept loops and connection goroutines
 
+	// hsl is the handshake loop of the HTTP listeners (nil: goroutines
+	// serve them).
+	hsl *hsLoop
+	// rawLns are the loop's duplicates of the HTTP listeners, by index
+	// in lns (nil for the others).
+	rawLns []*os.File
+
 	limiter *limit.Limiter
 	// rejecting bounds the goroutines answering refused HTTP clients;
 	// past it they are closed without an answer.
@@ -90,6 +98,7 @@ type Proxy struct {
 
 	connections     atomic.Int64
 	handshakes      atomic.Uint64
+	handshakesLoop  atomic.Uint64 // spliced by the handshake loop itself
 	handshakeErrors atomic.Uint64
 
 	tlsHandshakes      atomic.Uint64
@@ -190,6 +199,34 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 		p.closeListeners()
 		return nil, err
 	}
+	if raw, ok := dp.(dataplane.Raw); ok && !cfg.NoHandshakeLoop && len(cfg.Listen) > 0 {
+		if p.hsl, err = newHSLoop(p, raw); err != nil {
+			p.closeListeners()
+			return nil, err
+		}
+		// Go sets TCP_NODELAY on each connection it accepts; the loop's
+		// sockets inherit it from their listener instead.
+		p.rawLns = make([]*os.File, len(p.lns))
+		for i, ln := range p.lns {
+			if p.kinds[i] != kindHTTP {
+				continue
+			}
+			if p.rawLns[i], err = p.rawListener(ln); err != nil {
+				p.closeListeners()
+				return nil, fmt.Errorf("listener %s for the handshake loop: %w", ln.Addr(), err)
+			}
+			raw, err := ln.SyscallConn()
+			if err == nil {
+				var serr error
+				err = raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) })
+				err = errors.Join(err, serr)
+			}
+			if err != nil {
+				p.closeListeners()
+				return nil, fmt.Errorf("TCP_NODELAY on listener %s: %w", ln.Addr(), err)
+			}
+		}
+	}
 	if cfg.Admin != "" {
 		if p.admin, err = listenAdmin(cfg.Admin); err != nil {
 			if !cfg.AdminOptional {
@@ -244,6 +281,11 @@ func AdminSocketPath(addr string) (string, bool) {
 func (p *Proxy) closeListeners() {
 	for _, ln := range p.lns {
 		_ = ln.Close()
+	}
+	for _, f := range p.rawLns {
+		if f != nil {
+			_ = f.Close()
+		}
 	}
 	if p.admin != nil {
 		_ = p.admin.Close()
@@ -348,8 +390,15 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	}
 	p.pool.Start()
 	go p.trimAfterBursts(ctx)
+	if p.hsl != nil {
+		go p.hsl.run()
+	}
 	for i, ln := range p.lns {
 		p.wg.Add(1)
+		if p.hsl != nil && p.rawLns[i] != nil {
+			go p.rawAcceptLoop(p.rawLns[i], ln.Addr().String(), p.hsl)
+			continue
+		}
 		go p.acceptLoop(ln, p.kinds[i])
 	}
 	ev := p.log.Info().Strs("listeners", listeners).Strs("backends", p.conf().Backends).Str("balance", balanceName(p.cfg.Balance)).Str("dataplane", p.dp.Name())
@@ -406,6 +455,11 @@ func (p *Proxy) shutdown() {
 	for _, ln := range p.lns {
 		_ = ln.Close()
 	}
+	for _, f := range p.rawLns {
+		if f != nil {
+			_ = f.Close()
+		}
+	}
 	p.closeConns(true)
 	cfg := p.conf()
 	grace, drainSpliced := cfg.ShutdownTimeout, cfg.DrainTimeout > 0
@@ -436,6 +490,9 @@ func (p *Proxy) shutdown() {
 			Msg("drain timeout over, closing the connections left")
 		p.forceCancel()
 		p.closeConns(false)
+		if p.hsl != nil {
+			p.hsl.abortAll()
+		}
 		wgDone := make(chan struct{})
 		go func() {
 			p.wg.Wait()
@@ -450,6 +507,9 @@ func (p *Proxy) shutdown() {
 		}
 	}
 	p.forceCancel()
+	if p.hsl != nil {
+		p.hsl.close()
+	}
 	p.transport.CloseIdleConnections()
 	p.pool.Close()
 }
@@ -564,6 +624,10 @@ type Stats struct {
 	HandshakesTotal uint64 `json:"handshakes_total"`
 	// HandshakeErrorsTotal counts those attempts that did not end spliced.
 	HandshakeErrorsTotal uint64 `json:"handshake_errors_total"`
+	// HandshakesLoopTotal counts the handshakes the handshake loop took
+	// from accept to splice itself (the rest of HandshakesTotal went
+	// through goroutines: see Config.NoHandshakeLoop).
+	HandshakesLoopTotal uint64 `json:"handshakes_loop_total"`
 	// TLSHandshakesTotal counts TLS handshakes started on TLS listeners;
 	// TLSHandshakeErrorsTotal those that failed (timeout, bad input).
 	TLSHandshakesTotal      uint64 `json:"tls_handshakes_total"`
@@ -586,6 +650,7 @@ func (p *Proxy) Stats() Stats {
 		Connections:          p.connections.Load(),
 		HandshakesTotal:      p.handshakes.Load(),
 		HandshakeErrorsTotal: p.handshakeErrors.Load(),
+		HandshakesLoopTotal:  p.handshakesLoop.Load(),
 
 		TLSHandshakesTotal:      p.tlsHandshakes.Load(),
 		TLSHandshakeErrorsTotal: p.tlsHandshakeErrors.Load(),

@@ -46,6 +46,7 @@ func (p *Proxy) Reload(cfg Config) (ignored []string, err error) {
 		{"ktls", old.KTLS == cfg.KTLS},
 		{"max-header-bytes", old.MaxHeaderBytes == cfg.MaxHeaderBytes},
 		{"admin", old.Admin == cfg.Admin},
+		{"handshake-loop", old.NoHandshakeLoop == cfg.NoHandshakeLoop},
 	}
 	for _, r := range restart {
 		if !r.same {
@@ -54,6 +55,7 @@ func (p *Proxy) Reload(cfg Config) (ignored []string, err error) {
 	}
 	cfg.Listen, cfg.TLSListen, cfg.TCPListen, cfg.TCPTLSListen = old.Listen, old.TLSListen, old.TCPListen, old.TCPTLSListen
 	cfg.Certificates, cfg.KTLS, cfg.MaxHeaderBytes, cfg.Admin = old.Certificates, old.KTLS, old.MaxHeaderBytes, old.Admin
+	cfg.NoHandshakeLoop = old.NoHandshakeLoop
 	cfg.Backends = slices.Clone(cfg.Backends)
 
 	var pool BackendSetter = p.pool

@@ -6,6 +6,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/wsplice/wsplice/userspace/backend"
+	"github.com/wsplice/wsplice/userspace/dataplane"
 	"github.com/wsplice/wsplice/userspace/http1"
 	"github.com/wsplice/wsplice/userspace/websocket"
 )
@@ -17,60 +19,73 @@ const maxInterim = 8
 // It reports whether the client connection stays in the request loop
 // (only when the backend refused the upgrade with an ordinary response).
 func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
-	p := cc.p
-	p.handshakes.Add(1)
-	start := time.Now()
-	// Counted before answering, so that a client that sees the answer
-	// sees the counter too.
-	failed := false
-	reject := func(status int, msg string, extra http1.Header) {
-		if !failed {
-			failed = true
-			p.handshakeErrors.Add(1)
-			p.metrics.handshakeDone(status, start)
-		}
-		if status != 0 {
-			cc.fail(status, msg, extra)
-		}
+	cc.p.handshakes.Add(1)
+	return cc.upgradeCounted(req, time.Now())
+}
+
+// handshakeResult ends a handshake attempt in the counters and metrics and,
+// for a status, answers the client with it.
+type handshakeResult struct {
+	cc     *clientConn
+	start  time.Time
+	failed bool
+}
+
+// reject counts the attempt as failed (once) and answers status (0: none).
+// Counted before answering, so that a client that sees the answer sees the
+// counter too.
+func (h *handshakeResult) reject(status int, msg string, extra http1.Header) {
+	p := h.cc.p
+	if !h.failed {
+		h.failed = true
+		p.handshakeErrors.Add(1)
+		p.metrics.handshakeDone(status, h.start)
 	}
+	if status != 0 {
+		h.cc.fail(status, msg, extra)
+	}
+}
+
+// upgradeCounted is upgrade for an attempt already counted, started at
+// start; the handshake loop resumes here when it hands a connection to Go
+// before a backend connection exists (cc.tried holds the backends whose
+// connect it saw fail).
+func (cc *clientConn) upgradeCounted(req *http1.RequestHead, start time.Time) bool {
+	p := cc.p
+	res := &handshakeResult{cc: cc, start: start}
 	if err := websocket.CheckRequest(req); err != nil {
 		var werr *websocket.Error
 		if errors.As(err, &werr) {
-			reject(werr.Status, werr.Reason, werr.Header)
+			res.reject(werr.Status, werr.Reason, werr.Header)
 		}
 		return false
 	}
 	if req.HasBody() {
-		reject(400, "WebSocket handshake with a body", nil)
+		res.reject(400, "WebSocket handshake with a body", nil)
 		return false
 	}
 	breq := cc.backendRequest(req)
 	lease, bconn, status, err := cc.connectBackend(breq)
 	if err != nil {
 		if status == 503 {
-			reject(503, "no backend available", nil)
+			res.reject(503, "no backend available", nil)
 		} else {
 			p.log.Warn().Err(err).Msg("websocket handshake failed: no backend reachable")
-			reject(502, "backend unreachable", nil)
+			res.reject(502, "backend unreachable", nil)
 		}
 		return false
 	}
 	be := lease.Backend()
-	keepBackend := false
 	cc.backend.Store(bconn)
-	defer func() {
-		cc.backend.Store(nil)
-		if !keepBackend {
-			p.dp.Release(bconn)
-			lease.Release()
-		}
-	}()
 
 	// The backend gets DialTimeout to read the handshake and answer it.
 	_ = bconn.SetDeadline(time.Now().Add(p.conf().DialTimeout))
 	if _, err := bconn.Write(cc.upgradeRequest(req, breq.SourceIP)); err != nil {
+		cc.backend.Store(nil)
+		p.dp.Release(bconn)
+		lease.Release()
 		p.log.Warn().Err(err).Str("backend", be.Addr()).Msg("websocket handshake failed: write request")
-		reject(502, "backend failed", nil)
+		res.reject(502, "backend failed", nil)
 		return false
 	}
 	bbr := p.readers.Get().(*bufio.Reader)
@@ -86,26 +101,46 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 			break
 		}
 	}
+	return cc.answered(res, req, breq, lease, bconn, bbr, resp, err)
+}
+
+// answered finishes a handshake once the backend has answered it (resp) or
+// failed to (err): it splices the pair on a valid 101, relays any other
+// answer, or answers the client with an error. It owns lease and bconn.
+// The handshake loop resumes here for every answer but a valid 101.
+func (cc *clientConn) answered(res *handshakeResult, req *http1.RequestHead, breq *backend.Request, lease *backend.Lease,
+	bconn *dataplane.Conn, bbr *bufio.Reader, resp *http1.ResponseHead, err error) bool {
+	p := cc.p
+	be := lease.Backend()
+	keepBackend := false
+	cc.backend.Store(bconn)
+	defer func() {
+		cc.backend.Store(nil)
+		if !keepBackend {
+			p.dp.Release(bconn)
+			lease.Release()
+		}
+	}()
 	if err != nil {
 		p.log.Warn().Err(err).Str("backend", be.Addr()).Msg("websocket handshake failed: read response")
 		if isTimeout(err) {
-			reject(504, "backend timed out", nil)
+			res.reject(504, "backend timed out", nil)
 		} else {
-			reject(502, "backend failed", nil)
+			res.reject(502, "backend failed", nil)
 		}
 		return false
 	}
 	if resp.Status != 101 {
 		// The backend refused the upgrade: relay its answer as is.
 		_ = bconn.SetDeadline(time.Time{})
-		failed = true
+		res.failed = true
 		p.handshakeErrors.Add(1)
-		p.metrics.handshakeDone(resp.Status, start)
+		p.metrics.handshakeDone(resp.Status, res.start)
 		return cc.relay(req, resp, bbr)
 	}
 	if err := websocket.CheckResponse(resp, req.Header.Get("Sec-WebSocket-Key")); err != nil {
 		p.log.Warn().Err(err).Str("backend", be.Addr()).Msg("websocket handshake failed")
-		reject(502, "backend sent an invalid handshake answer", nil)
+		res.reject(502, "backend sent an invalid handshake answer", nil)
 		return false
 	}
 
@@ -118,7 +153,7 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 		b, _ := cc.br.Peek(n)
 		if _, err := bconn.Write(b); err != nil {
 			p.log.Debug().Err(err).Msg("websocket handshake failed: write pipelined bytes")
-			reject(0, "", nil)
+			res.reject(0, "", nil)
 			return false
 		}
 	}
@@ -135,11 +170,11 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 	cc.spliced, keepBackend = true, true
 	if err := cc.spliceWithLease(lease, bconn, toClient); err != nil {
 		// The data plane owns and has closed both; the client sees a close.
-		reject(0, "", nil)
+		res.reject(0, "", nil)
 		p.log.Error().Err(err).Str("backend", be.Addr()).Msg("splice")
 		return false
 	}
-	p.metrics.handshakeDone(101, start)
+	p.metrics.handshakeDone(101, res.start)
 	if p.log.Debug().Enabled() {
 		p.log.Debug().Stringer("remote", cc.conn.RemoteAddr()).Str("backend", be.Addr()).Str("target", req.Target).
 			Str("dataplane", p.dp.Name()).Msg("websocket spliced")
@@ -151,6 +186,11 @@ func (cc *clientConn) upgrade(req *http1.RequestHead) bool {
 // target, end-to-end fields in the client's order, Connection and Upgrade
 // set again, X-Forwarded-* appended for the client at ip.
 func (cc *clientConn) upgradeRequest(req *http1.RequestHead, ip string) []byte {
+	return backendUpgradeRequest(req, ip, cc.proto())
+}
+
+// backendUpgradeRequest is clientConn.upgradeRequest for a client that used proto.
+func backendUpgradeRequest(req *http1.RequestHead, ip, proto string) []byte {
 	target, authority := originForm(req.Target)
 	host := req.Host
 	if authority != "" {
@@ -174,7 +214,7 @@ func (cc *clientConn) upgradeRequest(req *http1.RequestHead, ip string) []byte {
 	out.Header = append(out.Header,
 		http1.Field{Name: "Connection", Value: "Upgrade"},
 		http1.Field{Name: "Upgrade", Value: "websocket"})
-	out.Header = fwd.appendFields(out.Header, ip, host, cc.proto())
+	out.Header = fwd.appendFields(out.Header, ip, host, proto)
 	return out.Append(make([]byte, 0, headLen(out.Method, out.Target, out.Header)))
 }
 

@@ -1,0 +1,71 @@
+package dataplane
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// FileConn turns a connected TCP socket fd into a *net.TCPConn (a
+// duplicate registered with Go's poller) and closes fd.
+func FileConn(fd int) (*net.TCPConn, error) {
+	f := os.NewFile(uintptr(fd), "tcp")
+	c, err := net.FileConn(f)
+	_ = f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("socket fd to net.Conn: %w", err)
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		_ = c.Close()
+		return nil, fmt.Errorf("socket fd to net.Conn: not TCP")
+	}
+	return tc, nil
+}
+
+// AdoptFD implements Raw. Userspace needs no per-socket setup.
+func (u *Userspace) AdoptFD(fd int) (uint64, error) {
+	u.mu.Lock()
+	closed := u.closed
+	u.mu.Unlock()
+	if closed {
+		return 0, ErrClosed
+	}
+	return 0, nil
+}
+
+// ConnFD implements Raw.
+func (u *Userspace) ConnFD(sk RawSock) (*Conn, error) {
+	tc, err := FileConn(sk.FD)
+	if err != nil {
+		return nil, err
+	}
+	return NewConnCounted(tc, sk.Read, sk.Written), nil
+}
+
+// ReleaseFD implements Raw.
+func (u *Userspace) ReleaseFD(sk RawSock) { _ = unix.Close(sk.FD) }
+
+// SpliceFD implements Raw: the userspace copiers work on Go conns, so both
+// fds go to Go's net package first.
+func (u *Userspace) SpliceFD(client, backend RawSock, toClient []byte, owner Owner) error {
+	cc, err := u.ConnFD(client)
+	if err != nil {
+		_ = unix.Close(backend.FD)
+		return err
+	}
+	bc, err := u.ConnFD(backend)
+	if err != nil {
+		_ = cc.Close()
+		return err
+	}
+	cc.Owner = owner
+	_ = cc.SetWriteDeadline(time.Now().Add(rawWriteTimeout))
+	return u.Splice(cc, bc, toClient)
+}
+
+// rawWriteTimeout bounds SpliceFD's write of toClient.
+const rawWriteTimeout = 10 * time.Second
