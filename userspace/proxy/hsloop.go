@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -174,10 +175,10 @@ func (p *Proxy) rawAcceptLoop(f *os.File, listener string, l *hsLoop) {
 	var backoff time.Duration
 	for {
 		var fd int
-		var sa unix.Sockaddr
+		var ip netip.Addr
 		var aerr error
 		err := rc.Read(func(lfd uintptr) bool {
-			fd, sa, aerr = unix.Accept4(int(lfd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			fd, ip, aerr = accept4(int(lfd))
 			return !errors.Is(aerr, unix.EAGAIN)
 		})
 		if err != nil {
@@ -197,27 +198,36 @@ func (p *Proxy) rawAcceptLoop(f *os.File, listener string, l *hsLoop) {
 			continue
 		}
 		backoff = 0
-		p.rawServe(l, fd, sa, listener)
+		p.rawServe(l, fd, ip, listener)
 	}
 }
 
-// sockaddrIP is the IP of an accepted peer.
-func sockaddrIP(sa unix.Sockaddr) netip.Addr {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrFrom4(a.Addr)
-	case *unix.SockaddrInet6:
-		return netip.AddrFrom16(a.Addr).Unmap()
+// accept4 accepts a non-blocking connection on lfd and returns the peer's
+// IP. Not unix.Accept4: its sockaddr conversion asks the listener for
+// SO_PROTOCOL on every IPv4 accept (one system call per connection).
+func accept4(lfd int) (int, netip.Addr, error) {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	r, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)),
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, netip.Addr{}, e
 	}
-	return netip.Addr{}
+	var ip netip.Addr
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		ip = netip.AddrFrom4((*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa)).Addr)
+	case unix.AF_INET6:
+		ip = netip.AddrFrom16((*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa)).Addr).Unmap()
+	}
+	return int(r), ip, nil
 }
 
 // rawServe sets up an accepted connection and runs the loop's first steps:
 // adoption, the first read, the request head, the backend choice and the
 // connect. It runs in the accept goroutine: every step is a non-blocking
 // system call.
-func (p *Proxy) rawServe(l *hsLoop, fd int, sa unix.Sockaddr, listener string) {
-	ip := sockaddrIP(sa)
+func (p *Proxy) rawServe(l *hsLoop, fd int, ip netip.Addr, listener string) {
 	ticket, reason := p.limiter.Admit(ip)
 	if reason != limit.OK {
 		if c, err := dataplane.FileConn(fd); err == nil {

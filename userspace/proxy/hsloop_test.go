@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -193,4 +194,52 @@ func TestHandshakeLoopShutdown(t *testing.T) {
 	if _, err := io.ReadAll(cl.br); err != nil && !strings.Contains(err.Error(), "reset") {
 		t.Errorf("client connection not closed: %v", err)
 	}
+}
+
+// FuzzLoopHeads: the loop parses heads from whatever bytes have arrived so
+// far. For any input and any point it has arrived up to, the loop's parse
+// of the prefix must either say "incomplete" (io.ErrUnexpectedEOF: wait for
+// more) or agree with the parse of the whole input, for requests and for
+// answers (with their interim heads), and never take more bytes than the
+// prefix holds.
+func FuzzLoopHeads(f *testing.F) {
+	f.Add([]byte(upgradeRequest()), 30)
+	f.Add([]byte("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nFRAME"), 26)
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 5)
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), 40)
+	p := &Proxy{cfg: Config{MaxHeaderBytes: 1024}}
+	p.readers.New = func() any { return bufio.NewReaderSize(nil, p.cfg.MaxHeaderBytes) }
+	f.Fuzz(func(t *testing.T, b []byte, cut int) {
+		if len(b) > 4096 {
+			return
+		}
+		if cut < 0 {
+			cut = -cut
+		}
+		cut %= len(b) + 1
+		// Requests.
+		whole, wn, werr := parseRequest(p, b)
+		part, pn, perr := parseRequest(p, b[:cut])
+		if pn > cut || wn > len(b) {
+			t.Fatalf("request: consumed %d of %d, %d of %d", pn, cut, wn, len(b))
+		}
+		if perr == nil && (werr != nil || pn != wn || part.Method != whole.Method || part.Target != whole.Target || len(part.Header) != len(whole.Header)) {
+			t.Fatalf("request: prefix of %d parsed as %+v (%d), whole as %+v (%d, %v)", cut, part, pn, whole, wn, werr)
+		}
+		if perr != nil && !errors.Is(perr, io.ErrUnexpectedEOF) && !errors.Is(perr, io.EOF) && werr == nil {
+			t.Fatalf("request: prefix of %d failed (%v), the whole parsed", cut, perr)
+		}
+		// Answers.
+		wr, wn, werr := parseResponse(p, b)
+		pr, pn, perr := parseResponse(p, b[:cut])
+		if pn > cut || wn > len(b) {
+			t.Fatalf("answer: consumed %d of %d, %d of %d", pn, cut, wn, len(b))
+		}
+		if perr == nil && (werr != nil || pn != wn || pr.Status != wr.Status || len(pr.Header) != len(wr.Header)) {
+			t.Fatalf("answer: prefix of %d parsed as %+v (%d), whole as %+v (%d, %v)", cut, pr, pn, wr, wn, werr)
+		}
+		if perr != nil && !errors.Is(perr, io.ErrUnexpectedEOF) && !errors.Is(perr, io.EOF) && werr == nil {
+			t.Fatalf("answer: prefix of %d failed (%v), the whole parsed", cut, perr)
+		}
+	})
 }
