@@ -1,9 +1,9 @@
 // Command evfloor is the benchmark's second reference: the least a Go
 // balancer can do per WebSocket connection when it leaves Go's net package
 // and its goroutine per connection aside and runs an event loop of its own,
-// as nginx and HAProxy do. One loop per GOMAXPROCS, each on its own locked
-// thread with its own epoll set and its own SO_REUSEPORT listener; raw
-// non-blocking accept4, read, write, connect. Per connection it reads the
+// as nginx and HAProxy do. One loop per GOMAXPROCS, each with its own epoll
+// set (waited for in Go's netpoller) and its own SO_REUSEPORT listener;
+// raw non-blocking accept4, read, write, connect. Per connection it reads the
 // client's request head, connects to the one backend, forwards the head
 // and then relays bytes both ways (the 101 included), passing each
 // half-close on. It parses nothing, rewrites nothing, enforces no limit and
