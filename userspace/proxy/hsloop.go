@@ -128,11 +128,19 @@ func (l *hsLoop) close() {
 }
 
 // abortAll aborts every handshake in the loop (forced shutdown).
-func (l *hsLoop) abortAll() {
+func (l *hsLoop) abortAll() { l.abort(false) }
+
+// abortIdle aborts the connections still waiting for their first bytes
+// (shutdown closes idle connections at once).
+func (l *hsLoop) abortIdle() { l.abort(true) }
+
+func (l *hsLoop) abort(idleOnly bool) {
 	l.mu.Lock()
 	hs := make([]*rawHS, 0, len(l.conns))
 	for _, h := range l.conns {
-		hs = append(hs, h)
+		if !idleOnly || h.loopFD == h.client.FD {
+			hs = append(hs, h)
+		}
 	}
 	l.mu.Unlock()
 	for _, h := range hs {

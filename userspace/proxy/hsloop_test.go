@@ -196,6 +196,35 @@ func TestHandshakeLoopShutdown(t *testing.T) {
 	}
 }
 
+// TestHandshakeLoopShutdownIdle: shutdown closes a connection that has
+// sent nothing yet at once, as it closes idle connections on the goroutine
+// path, instead of waiting for its head timeout.
+func TestHandshakeLoopShutdownIdle(t *testing.T) {
+	bothPaths(t, func(t *testing.T, loop bool, mod func(*Config)) {
+		p := startProxy(t, []string{startWSBackend(t, "a")}, func(c *Config) {
+			mod(c)
+			c.HeaderTimeout = 20 * time.Second
+			c.ShutdownTimeout = 10 * time.Second
+		})
+		cl := dial(t, p.addr)
+		deadline := time.Now().Add(testTimeout)
+		for p.Stats().Connections != 1 {
+			if time.Now().After(deadline) {
+				t.Fatal("connection not counted")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		start := time.Now()
+		p.shutdownForTest(t)
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("shutdown took %v with an idle connection", d)
+		}
+		if _, err := io.ReadAll(cl.br); err != nil && !strings.Contains(err.Error(), "reset") {
+			t.Errorf("idle connection not closed: %v", err)
+		}
+	})
+}
+
 // FuzzLoopHeads: the loop parses heads from whatever bytes have arrived so
 // far. For any input and any point it has arrived up to, the loop's parse
 // of the prefix must either say "incomplete" (io.ErrUnexpectedEOF: wait for

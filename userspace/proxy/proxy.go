@@ -461,6 +461,9 @@ func (p *Proxy) shutdown() {
 		}
 	}
 	p.closeConns(true)
+	if p.hsl != nil {
+		p.hsl.abortIdle()
+	}
 	cfg := p.conf()
 	grace, drainSpliced := cfg.ShutdownTimeout, cfg.DrainTimeout > 0
 	if drainSpliced {
