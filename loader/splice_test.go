@@ -69,11 +69,16 @@ type harness struct {
 }
 
 func newHarness(t testing.TB, s *Splicer, backend string) *harness {
+	return startHarness(t, &harness{t: t, s: s, backend: backend})
+}
+
+// startHarness listens and serves for h, set up by the caller.
+func startHarness(t testing.TB, h *harness) *harness {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, s: s, ln: ln, backend: backend}
+	h.ln = ln
 	h.wg.Add(1)
 	go h.serve()
 	t.Cleanup(func() { ln.Close(); h.wg.Wait() })
@@ -328,8 +333,7 @@ func TestSpliceEchoInKernel(t *testing.T) {
 // the kernel, a half-close propagates and the pair leaves nothing behind.
 func TestSpliceFDEchoInKernel(t *testing.T) {
 	s := newSplicer(t)
-	h := newHarness(t, s, backendServer(t, "WELCOME\n", echo))
-	h.raw = true
+	h := startHarness(t, &harness{t: t, s: s, backend: backendServer(t, "WELCOME\n", echo), raw: true})
 	socks := openSockets(t)
 	c, r := dialHarness(t, h, []byte("early"))
 	c.SetDeadline(time.Now().Add(20 * time.Second))
@@ -422,12 +426,11 @@ func TestSplicePassedBeforeSwitchHandsBack(t *testing.T) {
 	// frame-1 follows the greeting in its own segment, while the
 	// harness waits before Splice: it reaches the backend socket in
 	// pass mode, before the switch.
-	h := newHarness(t, s, backendServer(t, "WELCOME\n", func(c *net.TCPConn, r *bufio.Reader) {
+	h := startHarness(t, &harness{t: t, s: s, backend: backendServer(t, "WELCOME\n", func(c *net.TCPConn, r *bufio.Reader) {
 		time.Sleep(5 * time.Millisecond)
 		c.Write([]byte("frame-1"))
 		echo(c, r)
-	}))
-	h.preSplice = func() { time.Sleep(30 * time.Millisecond) }
+	}), preSplice: func() { time.Sleep(30 * time.Millisecond) }})
 	const runs, size = 10, 1 << 20
 	for i := 0; i < runs; i++ {
 		c, r := dialHarness(t, h, nil)
