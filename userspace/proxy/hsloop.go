@@ -56,7 +56,8 @@ type rawHS struct {
 	listener string
 	track    *tracked
 	ip       string
-	start    time.Time
+	accepted time.Time // the head timeout runs from here
+	start    time.Time // the request head read: the handshake metric's start
 
 	// mu guards the fds against abort (a drain deadline, a forced
 	// shutdown) from other goroutines: an fd is closed or handed over
@@ -251,7 +252,7 @@ func (p *Proxy) rawServe(l *hsLoop, fd int, ip netip.Addr, listener string) {
 		p.log.Error().Err(err).Msg("adopt client connection")
 		return
 	}
-	h := &rawHS{p: p, l: l, listener: listener, ip: ip.String(), start: time.Now(),
+	h := &rawHS{p: p, l: l, listener: listener, ip: ip.String(), accepted: time.Now(),
 		client: dataplane.RawSock{FD: fd, Cookie: cookie}, bk: dataplane.RawSock{FD: -1}, loopFD: -1}
 	h.track = p.track(listener, ticket)
 	p.mu.Lock()
@@ -303,7 +304,7 @@ func (h *rawHS) takeRequest() bool {
 		h.toGo()
 		return true
 	}
-	h.req, h.headLen = req, headLen
+	h.req, h.headLen, h.start = req, headLen, time.Now()
 	p.handshakes.Add(1)
 	h.breq = p.backendRequest(h.ip, req)
 	h.dial()
@@ -313,7 +314,7 @@ func (h *rawHS) takeRequest() bool {
 // waitClient waits in the loop for the client's first bytes, until the
 // head timeout.
 func (h *rawHS) waitClient() {
-	h.deadline = h.start.Add(h.p.conf().HeaderTimeout)
+	h.deadline = h.accepted.Add(h.p.conf().HeaderTimeout)
 	if !h.l.add(h, h.client.FD, unix.EPOLLIN|unix.EPOLLRDHUP) {
 		h.toGo()
 	}
@@ -783,7 +784,7 @@ func (h *rawHS) toGo() {
 		return
 	}
 	// The head timeout runs from the accept, as on the goroutine path.
-	cc.headDeadline = h.start.Add(h.p.conf().HeaderTimeout)
+	cc.headDeadline = h.accepted.Add(h.p.conf().HeaderTimeout)
 	go cc.serveFrom(h.buf, nil)
 }
 
