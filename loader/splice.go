@@ -427,6 +427,9 @@ func (s *Splicer) ConnFD(sk dataplane.RawSock) (*dataplane.Conn, error) {
 		s.forgetRaw(sk)
 		return nil, err
 	}
+	if sk.Prepare != nil {
+		sk.Prepare(tc)
+	}
 	dc := dataplane.NewConnCounted(tc, sk.Read, sk.Written)
 	if sk.Cookie == 0 {
 		return dc, nil

@@ -154,6 +154,10 @@ type RawSock struct {
 	Cookie  uint64 // from AdoptFD (0: not adopted by a kernel path)
 	Read    int64
 	Written int64
+	// Prepare, if set, is applied to the Go conn ConnFD makes of the
+	// socket: net.FileConn resets TCP keepalive to Go's defaults, and the
+	// proxy sets its own again here.
+	Prepare func(*net.TCPConn)
 }
 
 // Raw is implemented by a data plane that can take sockets the proxy

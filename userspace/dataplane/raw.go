@@ -43,6 +43,9 @@ func (u *Userspace) ConnFD(sk RawSock) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	if sk.Prepare != nil {
+		sk.Prepare(tc)
+	}
 	return NewConnCounted(tc, sk.Read, sk.Written), nil
 }
 

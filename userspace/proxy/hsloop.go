@@ -253,7 +253,7 @@ func (p *Proxy) rawServe(l *hsLoop, fd int, ip netip.Addr, listener string) {
 		return
 	}
 	h := &rawHS{p: p, l: l, listener: listener, ip: ip.String(), accepted: time.Now(),
-		client: dataplane.RawSock{FD: fd, Cookie: cookie}, bk: dataplane.RawSock{FD: -1}, loopFD: -1}
+		client: dataplane.RawSock{FD: fd, Cookie: cookie, Prepare: p.keepAlive}, bk: dataplane.RawSock{FD: -1}, loopFD: -1}
 	h.track = p.track(listener, ticket)
 	p.mu.Lock()
 	if p.shuttingDown.Load() {
@@ -383,7 +383,7 @@ func (h *rawHS) dial() {
 		return
 	}
 	h.mu.Lock()
-	h.bk = dataplane.RawSock{FD: fd}
+	h.bk = dataplane.RawSock{FD: fd, Prepare: p.keepAlive}
 	h.mu.Unlock()
 	h.deadline = time.Now().Add(p.conf().DialTimeout)
 	if !h.l.add(h, fd, unix.EPOLLOUT|unix.EPOLLIN|unix.EPOLLRDHUP) {
@@ -763,8 +763,6 @@ func (h *rawHS) clientConn() *clientConn {
 		p.wg.Done()
 		return nil
 	}
-	// net.FileConn set Go's default keepalive over the listener's.
-	p.keepAlive(conn.TCPConn)
 	cc := &clientConn{p: p, conn: conn, kind: kindHTTP, track: h.track, tried: h.tried, triedErr: h.lastErr}
 	h.track.mu.Lock()
 	h.track.cc = cc
@@ -823,7 +821,6 @@ func (h *rawHS) toGoAnswered(resp *http1.ResponseHead, used int, err error) {
 		h.fail(&handshakeResult{start: h.start})
 		return
 	}
-	p.keepAlive(bconn.TCPConn) // over net.FileConn's defaults, as dial
 	cc := h.clientConn()
 	if cc == nil {
 		p.dp.Release(bconn)

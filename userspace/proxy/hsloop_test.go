@@ -5,10 +5,15 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/wsplice/wsplice/userspace/http1"
 )
@@ -279,4 +284,65 @@ func FuzzLoopHeads(f *testing.F) {
 			t.Fatalf("answer: prefix of %d failed (%v), the whole parsed", cut, perr)
 		}
 	})
+}
+
+// TestHandshakeLoopKeepAliveSpliced: on the userspace data plane the loop's
+// sockets become Go conns at splice (net.FileConn, which sets Go's own
+// keepalive): both of a spliced pair keep wsplice's keepalive instead.
+func TestHandshakeLoopKeepAliveSpliced(t *testing.T) {
+	be := startWSBackend(t, "a")
+	p := startProxy(t, []string{be}, nil)
+	c, _ := wsDial(t, p.addr, nil)
+	if err := c.WriteMessage(1, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.ReadMessage(); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.HandshakesLoopTotal != 1 {
+		t.Fatalf("handshake not served by the loop: %+v", st)
+	}
+	// The proxy's two sockets: the one whose peer is the client, the one
+	// whose peer is the backend (dialled by the proxy, not accepted).
+	want := map[string]bool{c.LocalAddr().String(): false, be: false}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		sa, err := unix.Getpeername(fd)
+		a, ok := sa.(*unix.SockaddrInet4)
+		if err != nil || !ok {
+			continue
+		}
+		peer := netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+		if _, ok := want[peer]; !ok {
+			continue
+		}
+		if peer == be {
+			// The backend's listener is in this process too: only the
+			// socket that connected to it, not one accepted by it.
+			la, _ := unix.Getsockname(fd)
+			if l4, ok := la.(*unix.SockaddrInet4); ok && netip.AddrPortFrom(netip.AddrFrom4(l4.Addr), uint16(l4.Port)).String() == be {
+				continue
+			}
+		}
+		on, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+		idle, _ := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+		intvl, _ := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL)
+		cnt, _ := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT)
+		if on != 1 || idle != int(KeepAliveIdle/time.Second) || intvl != int(KeepAliveInterval/time.Second) || cnt != KeepAliveCount {
+			t.Errorf("socket to %s: keepalive %d idle %d interval %d count %d", peer, on, idle, intvl, cnt)
+		}
+		want[peer] = true
+	}
+	for peer, seen := range want {
+		if !seen {
+			t.Errorf("no proxy socket to %s found", peer)
+		}
+	}
 }
