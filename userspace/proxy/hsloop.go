@@ -317,6 +317,12 @@ func (h *rawHS) waitClient() {
 	h.deadline = h.accepted.Add(h.p.conf().HeaderTimeout)
 	if !h.l.add(h, h.client.FD, unix.EPOLLIN|unix.EPOLLRDHUP) {
 		h.toGo()
+		return
+	}
+	// Shutdown sets shuttingDown before it closes the idle connections
+	// in the loop (abortIdle): one added after that scan sees the flag.
+	if h.p.shuttingDown.Load() {
+		h.abort()
 	}
 }
 
