@@ -226,16 +226,13 @@ func (s *Splicer) Release(c *dataplane.Conn) {
 // right after, since the client must get the 101 before any backend byte.
 // Bytes passed before a switch are forwarded by the slow path.
 func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error {
-	s.mu.Lock()
-	cs, bs := s.socks[client.Cookie], s.socks[backend.Cookie]
-	closed := s.closed
-	s.mu.Unlock()
+	cs, bs, closed := s.pairSocks(client.Cookie, backend.Cookie)
 	if closed {
 		s.Release(client)
 		s.Release(backend)
 		return dataplane.ErrClosed
 	}
-	if cs == nil || bs == nil || client.Cookie == 0 || backend.Cookie == 0 {
+	if cs == nil || bs == nil {
 		return s.spliceFallback(client, backend, toClient)
 	}
 	// A side with a TLS session (crypto/tls or kernel TLS) is never
@@ -276,6 +273,21 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 			backend.TCPConn.Close()
 		},
 	})
+}
+
+// pairSocks returns the adopted socks of a pair about to be spliced (nil
+// for a socket the kernel path did not take: cookie 0 or unknown), and
+// whether the data path is closed.
+func (s *Splicer) pairSocks(client, backend uint64) (cs, bs *sock, closed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if client != 0 {
+		cs = s.socks[client]
+	}
+	if backend != 0 {
+		bs = s.socks[backend]
+	}
+	return cs, bs, s.closed
 }
 
 // spliceIO is what splicePair needs from the proxy's side of a handshake,
@@ -445,41 +457,43 @@ func (s *Splicer) ConnFD(sk dataplane.RawSock) (*dataplane.Conn, error) {
 
 // ReleaseFD implements dataplane.Raw.
 func (s *Splicer) ReleaseFD(sk dataplane.RawSock) {
-	if sk.Cookie != 0 {
-		s.mu.Lock()
-		delete(s.socks, sk.Cookie)
-		s.mu.Unlock()
-	}
+	// Out of s.socks before the close (see resetBroken), counters after
+	// it (see forget).
+	s.unlist(sk.Cookie)
 	unix.Close(sk.FD) // closing removes the socket from sock_hash
 	if sk.Cookie != 0 {
-		s.forget(sk.Cookie) // after the close: see forget
+		s.forget(sk.Cookie)
 	}
 }
 
 // forgetRaw forgets a socket whose fd is closed.
 func (s *Splicer) forgetRaw(sk dataplane.RawSock) {
-	if sk.Cookie == 0 {
+	s.unlist(sk.Cookie)
+	if sk.Cookie != 0 {
+		s.forget(sk.Cookie)
+	}
+}
+
+// unlist drops cookie's sock from s.socks (0: none).
+func (s *Splicer) unlist(cookie uint64) {
+	if cookie == 0 {
 		return
 	}
 	s.mu.Lock()
-	delete(s.socks, sk.Cookie)
+	delete(s.socks, cookie)
 	s.mu.Unlock()
-	s.forget(sk.Cookie)
 }
 
 // SpliceFD implements dataplane.Raw: Splice for bare fds, which it takes
 // over as the pair's own (no duplicate, no Go conn to close).
 func (s *Splicer) SpliceFD(client, backend dataplane.RawSock, toClient []byte, owner dataplane.Owner) error {
-	s.mu.Lock()
-	cs, bs := s.socks[client.Cookie], s.socks[backend.Cookie]
-	closed := s.closed
-	s.mu.Unlock()
+	cs, bs, closed := s.pairSocks(client.Cookie, backend.Cookie)
 	if closed {
 		s.ReleaseFD(client)
 		s.ReleaseFD(backend)
 		return dataplane.ErrClosed
 	}
-	if cs == nil || bs == nil || client.Cookie == 0 || backend.Cookie == 0 {
+	if cs == nil || bs == nil {
 		cc, err := s.ConnFD(client)
 		if err != nil {
 			s.ReleaseFD(backend)

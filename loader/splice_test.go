@@ -286,92 +286,68 @@ func pattern(n int, seed uint64) []byte {
 	return b
 }
 
+// TestSpliceEchoInKernel: bytes pipelined behind the handshake arrive, an
+// 8 MiB echo comes back intact, mostly through the kernel, a half-close
+// propagates and the pair leaves no map entry and no socket behind; with
+// the handshake on Go conns (Adopt, Splice) and on bare fds (AdoptFD,
+// SpliceFD: the proxy's handshake loop).
 func TestSpliceEchoInKernel(t *testing.T) {
-	s := newSplicer(t)
-	h := newHarness(t, s, backendServer(t, "WELCOME\n", echo))
-	// Bytes pipelined behind the client's handshake line must arrive.
-	c, r := dialHarness(t, h, []byte("early"))
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	got, err := r.ReadString('\n')
-	if err != nil || got != "WELCOME\n" {
-		t.Fatalf("greeting = %q, %v", got, err)
-	}
-	early := make([]byte, 5)
-	if _, err := io.ReadFull(r, early); err != nil || string(early) != "early" {
-		t.Fatalf("pipelined bytes = %q, %v", early, err)
-	}
-	waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 1 && st.MapEntries == 2 })
-	msg := pattern(8<<20, 1)
-	go func() { c.Write(msg) }()
-	back := make([]byte, len(msg))
-	if _, err := io.ReadFull(r, back); err != nil {
-		t.Fatalf("read echo: %v", err)
-	}
-	if !bytes.Equal(back, msg) {
-		t.Fatal("echoed bytes differ")
-	}
-	st := s.Stats()
-	if st.MapEntries != 2 {
-		t.Fatalf("map entries during transfer = %d, want 2", st.MapEntries)
-	}
-	// The verdict's redirect carried a real share of the 16 MiB both ways.
-	// Not all of it: where the echo cannot keep up (on a slow CPU, such as
-	// the 6.1 VM under emulation) a direction moves to the slow path.
-	if st.BytesKernel < uint64(len(msg))/4 {
-		t.Fatalf("bytes_kernel = %d, want at least %d (the kernel path was hardly used)", st.BytesKernel, len(msg)/4)
-	}
-	c.CloseWrite()
-	if n, err := io.Copy(io.Discard, r); err != nil || n != 0 {
-		t.Fatalf("after half-close: %d bytes, %v; want EOF", n, err)
-	}
-	waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 0 && st.MapEntries == 0 })
-}
-
-// TestSpliceFDEchoInKernel is TestSpliceEchoInKernel on bare fds
-// (AdoptFD, SpliceFD: the proxy's handshake loop): bytes pipelined behind
-// the handshake arrive, an 8 MiB echo comes back intact, mostly through
-// the kernel, a half-close propagates and the pair leaves nothing behind.
-func TestSpliceFDEchoInKernel(t *testing.T) {
-	s := newSplicer(t)
-	h := startHarness(t, &harness{t: t, s: s, backend: backendServer(t, "WELCOME\n", echo), raw: true})
-	socks := openSockets(t)
-	c, r := dialHarness(t, h, []byte("early"))
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	got, err := r.ReadString('\n')
-	if err != nil || got != "WELCOME\n" {
-		t.Fatalf("greeting = %q, %v", got, err)
-	}
-	early := make([]byte, 5)
-	if _, err := io.ReadFull(r, early); err != nil || string(early) != "early" {
-		t.Fatalf("pipelined bytes = %q, %v", early, err)
-	}
-	waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 1 && st.MapEntries == 2 })
-	msg := pattern(8<<20, 2)
-	go func() { c.Write(msg) }()
-	back := make([]byte, len(msg))
-	if _, err := io.ReadFull(r, back); err != nil {
-		t.Fatalf("read echo: %v", err)
-	}
-	if !bytes.Equal(back, msg) {
-		t.Fatalf("echoed bytes differ at %d", firstDiff(back, msg))
-	}
-	if st := s.Stats(); st.BytesKernel < uint64(len(msg))/4 {
-		t.Fatalf("bytes_kernel = %d, want at least %d (the kernel path was hardly used)", st.BytesKernel, len(msg)/4)
-	}
-	c.CloseWrite()
-	if n, err := io.Copy(io.Discard, r); err != nil || n != 0 {
-		t.Fatalf("after half-close: %d bytes, %v; want EOF", n, err)
-	}
-	waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 0 && st.MapEntries == 0 })
-	c.Close()
-	// Sockets, not all fds: io.Copy in the echo server caches splice
-	// pipes.
-	deadline := time.Now().Add(5 * time.Second)
-	for openSockets(t) > socks && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := openSockets(t); n > socks {
-		t.Errorf("open sockets %d after the pair ended, %d before", n, socks)
+	for _, raw := range []bool{false, true} {
+		name := "conns"
+		if raw {
+			name = "fds"
+		}
+		t.Run(name, func(t *testing.T) {
+			s := newSplicer(t)
+			h := startHarness(t, &harness{t: t, s: s, backend: backendServer(t, "WELCOME\n", echo), raw: raw})
+			socks := openSockets(t)
+			c, r := dialHarness(t, h, []byte("early"))
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			got, err := r.ReadString('\n')
+			if err != nil || got != "WELCOME\n" {
+				t.Fatalf("greeting = %q, %v", got, err)
+			}
+			early := make([]byte, 5)
+			if _, err := io.ReadFull(r, early); err != nil || string(early) != "early" {
+				t.Fatalf("pipelined bytes = %q, %v", early, err)
+			}
+			waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 1 && st.MapEntries == 2 })
+			msg := pattern(8<<20, 1)
+			go func() { c.Write(msg) }()
+			back := make([]byte, len(msg))
+			if _, err := io.ReadFull(r, back); err != nil {
+				t.Fatalf("read echo: %v", err)
+			}
+			if !bytes.Equal(back, msg) {
+				t.Fatalf("echoed bytes differ at %d", firstDiff(back, msg))
+			}
+			st := s.Stats()
+			if st.MapEntries != 2 {
+				t.Fatalf("map entries during transfer = %d, want 2", st.MapEntries)
+			}
+			// The verdict's redirect carried a real share of the 16 MiB
+			// both ways. Not all of it: where the echo cannot keep up (on
+			// a slow CPU, such as the 6.1 VM under emulation) a direction
+			// moves to the slow path.
+			if st.BytesKernel < uint64(len(msg))/4 {
+				t.Fatalf("bytes_kernel = %d, want at least %d (the kernel path was hardly used)", st.BytesKernel, len(msg)/4)
+			}
+			c.CloseWrite()
+			if n, err := io.Copy(io.Discard, r); err != nil || n != 0 {
+				t.Fatalf("after half-close: %d bytes, %v; want EOF", n, err)
+			}
+			waitStats(t, s, func(st dataplane.Stats) bool { return st.Spliced == 0 && st.MapEntries == 0 })
+			c.Close()
+			// Sockets, not all fds: io.Copy in the echo server caches
+			// splice pipes.
+			deadline := time.Now().Add(5 * time.Second)
+			for openSockets(t) > socks && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n := openSockets(t); n > socks {
+				t.Errorf("open sockets %d after the pair ended, %d before", n, socks)
+			}
+		})
 	}
 }
 

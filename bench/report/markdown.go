@@ -215,23 +215,22 @@ func markdown(dir string, m metrics, machine map[string]any) string {
 		p("CPU per handshake over direct (attributed, median): wsplice sockmap %.0f µs, %s %.0f µs (%s); userspace path %.0f µs.\n\n",
 			hc, bcw, bc, ratio(hc, bc), ovh("userspace", "hs_cpu_us"))
 	}
-	if g := m.med("gofloor", "hs_rate"); !math.IsNaN(g) {
+	// The reference floors: one sentence each, the same figures.
+	for _, f := range []struct{ t, what, then string }{
+		{"gofloor", "The Go floor (bench/gofloor: a proxy on Go's net package that parses nothing and copies with io.Copy)",
+			fmt.Sprintf("what any design on Go's net package starts from. wsplice sockmap made %s of the floor's rate.", ratio(hs, m.med("gofloor", "hs_rate")))},
+		{"evfloor", "The event-loop floor (bench/evfloor: the same least work, in an epoll loop per core on raw non-blocking sockets, outside Go's net package)",
+			"where a Go handshake layer of nginx's design would start, before any parsing and before the kernel path's own set-up and teardown of each connection."},
+	} {
+		r := m.med(f.t, "hs_rate")
+		if math.IsNaN(r) {
+			continue
+		}
 		vsBest := ""
 		if !math.IsNaN(bh) {
-			vsBest = fmt.Sprintf(" (%s %s)", ratio(g, bh), bhw)
+			vsBest = fmt.Sprintf(" (%s %s)", ratio(r, bh), bhw)
 		}
-		p("The Go floor (bench/gofloor: a proxy on Go's net package that parses nothing and copies with io.Copy) made %.0f handshakes/s%s, with %.0f µs of CPU per handshake over direct: ",
-			g, vsBest, ovh("gofloor", "hs_cpu_us"))
-		p("what any design on Go's net package starts from. wsplice sockmap made %s of the floor's rate.\n\n", ratio(hs, g))
-	}
-	if e := m.med("evfloor", "hs_rate"); !math.IsNaN(e) {
-		vsBest := ""
-		if !math.IsNaN(bh) {
-			vsBest = fmt.Sprintf(" (%s %s)", ratio(e, bh), bhw)
-		}
-		p("The event-loop floor (bench/evfloor: the same least work, in an epoll loop per core on raw non-blocking sockets, outside Go's net package) made %.0f handshakes/s%s, with %.0f µs of CPU per handshake over direct: ",
-			e, vsBest, ovh("evfloor", "hs_cpu_us"))
-		p("where a Go handshake layer of nginx's design would start, before any parsing and before the kernel path's own set-up and teardown of each connection.\n\n")
+		p("%s made %.0f handshakes/s%s, with %.0f µs of CPU per handshake over direct: %s\n\n", f.what, r, vsBest, ovh(f.t, "hs_cpu_us"), f.then)
 	}
 
 	p("## Charts\n\n")

@@ -53,7 +53,6 @@ import (
 type rawHS struct {
 	p        *Proxy
 	l        *hsLoop
-	listener string
 	track    *tracked
 	ip       string
 	accepted time.Time // the head timeout runs from here
@@ -200,10 +199,7 @@ func (p *Proxy) rawAcceptLoop(f *os.File, listener string, l *hsLoop) {
 			if errors.Is(aerr, unix.ECONNABORTED) || errors.Is(aerr, unix.EINTR) {
 				continue
 			}
-			// EMFILE and friends: wait and retry, as net/http does.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			p.log.Error().Err(aerr).Dur("retry_in", backoff).Msg("accept failed")
-			time.Sleep(backoff)
+			backoff = p.acceptBackoff(backoff, aerr)
 			continue
 		}
 		backoff = 0
@@ -252,7 +248,7 @@ func (p *Proxy) rawServe(l *hsLoop, fd int, ip netip.Addr, listener string) {
 		p.log.Error().Err(err).Msg("adopt client connection")
 		return
 	}
-	h := &rawHS{p: p, l: l, listener: listener, ip: ip.String(), accepted: time.Now(),
+	h := &rawHS{p: p, l: l, ip: ip.String(), accepted: time.Now(),
 		client: dataplane.RawSock{FD: fd, Cookie: cookie, Prepare: p.keepAlive}, bk: dataplane.RawSock{FD: -1}, loopFD: -1}
 	h.track = p.track(listener, ticket)
 	p.mu.Lock()

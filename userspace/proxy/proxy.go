@@ -542,10 +542,7 @@ func (p *Proxy) acceptLoop(ln *net.TCPListener, kind listenerKind) {
 			if p.shuttingDown.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// EMFILE and friends: wait and retry, as net/http does.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			p.log.Error().Err(err).Dur("retry_in", backoff).Msg("accept failed")
-			time.Sleep(backoff)
+			backoff = p.acceptBackoff(backoff, err)
 			continue
 		}
 		backoff = 0
@@ -564,6 +561,15 @@ func (p *Proxy) acceptLoop(ln *net.TCPListener, kind listenerKind) {
 		p.wg.Add(1)
 		go p.serveConn(c, kind, listener, ticket)
 	}
+}
+
+// acceptBackoff waits after a failed accept (EMFILE and friends), as
+// net/http does, and returns the next wait.
+func (p *Proxy) acceptBackoff(backoff time.Duration, err error) time.Duration {
+	backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+	p.log.Error().Err(err).Dur("retry_in", backoff).Msg("accept failed")
+	time.Sleep(backoff)
+	return backoff
 }
 
 // serveConn sets up an accepted, admitted connection and serves it.
