@@ -81,6 +81,7 @@ test-chat: ## the chat room in headless Chromium through wsplice (tests/chat; ro
 .PHONY: test
 test: provision check-generated vet ## everything CI runs: provision, check-generated, vet, unit (race detector), short fuzz, e2e
 	$(PRIV_ENV) $(GO) test -race $(UNIT_PKGS)
+	cd bench && $(GO) test -race ./...
 	GO=$(GO) bash scripts/fuzz.sh $(FUZZTIME_SHORT)
 	$(MAKE) --no-print-directory test-e2e
 	-$(MAKE) --no-print-directory vm-test # not gating yet: sockmap tests fail intermittently on 6.1 under TCG

@@ -93,6 +93,33 @@ func summarize(xs []float64) stat {
 // metrics: target -> metric name -> stat.
 type metrics map[string]map[string]stat
 
+// summarizeAll summarizes every metric of every target.
+func summarizeAll(samples map[string]map[string][]float64) metrics {
+	m := metrics{}
+	for t, ks := range samples {
+		m[t] = map[string]stat{}
+		for k, xs := range ks {
+			m[t][k] = summarize(xs)
+		}
+	}
+	return m
+}
+
+// A quiet run had at most quietSteal of its CPU time stolen by other
+// guests and at most quietBackground CPUs busy with other work in the
+// second before it (background_cpus).
+const (
+	quietSteal      = 0.05
+	quietBackground = 0.25
+)
+
+// quietRuns summarizes the quiet runs only, and says how many of all the
+// runs they are.
+type quietRuns struct {
+	m        metrics
+	runs, of int
+}
+
 func main() {
 	in := flag.String("in", "", "results directory written by scripts/bench.sh")
 	flag.Parse()
@@ -112,11 +139,20 @@ func build(dir string) error {
 		return err
 	}
 	samples := map[string]map[string][]float64{}
-	add := func(t, k string, v float64) {
-		if samples[t] == nil {
-			samples[t] = map[string][]float64{}
+	quietSamples := map[string]map[string][]float64{}
+	var quiet quietRuns
+	var isQuiet bool // the run being read
+	put := func(ss map[string]map[string][]float64, t, k string, v float64) {
+		if ss[t] == nil {
+			ss[t] = map[string][]float64{}
 		}
-		samples[t][k] = append(samples[t][k], v)
+		ss[t][k] = append(ss[t][k], v)
+	}
+	add := func(t, k string, v float64) {
+		put(samples, t, k, v)
+		if isQuiet {
+			put(quietSamples, t, k, v)
+		}
 	}
 	raw := map[string]json.RawMessage{}
 	for _, f := range files {
@@ -134,6 +170,11 @@ func build(dir string) error {
 			continue // a failed run; failures.txt says why
 		}
 		raw[filepath.Base(f)] = b
+		isQuiet = r.Steal <= quietSteal && r.Background <= quietBackground
+		quiet.of++
+		if isQuiet {
+			quiet.runs++
+		}
 		add(t, "steal", r.Steal)
 		add(t, "background", r.Background)
 		switch sc {
@@ -178,18 +219,13 @@ func build(dir string) error {
 			}
 		}
 	}
-	m := metrics{}
-	for t, ks := range samples {
-		m[t] = map[string]stat{}
-		for k, xs := range ks {
-			m[t][k] = summarize(xs)
-		}
-	}
+	m := summarizeAll(samples)
+	quiet.m = summarizeAll(quietSamples)
 	var machine map[string]any
 	if b, err := os.ReadFile(filepath.Join(dir, "machine.json")); err == nil {
 		json.Unmarshal(b, &machine)
 	}
-	out, err := json.MarshalIndent(map[string]any{"machine": machine, "summary": m, "runs": raw}, "", "  ")
+	out, err := json.MarshalIndent(map[string]any{"machine": machine, "summary": m, "summary_quiet": quiet.m, "quiet_steal_max": quietSteal, "quiet_background_max": quietBackground, "runs": raw}, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -199,5 +235,5 @@ func build(dir string) error {
 	if err := charts(dir, m); err != nil {
 		return fmt.Errorf("charts: %w", err)
 	}
-	return os.WriteFile(filepath.Join(dir, "report.md"), []byte(markdown(dir, m, machine)+wssMarkdown(dir, m)), 0o644)
+	return os.WriteFile(filepath.Join(dir, "report.md"), []byte(markdown(dir, m, quiet, machine)+wssMarkdown(dir, m)), 0o644)
 }

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// writeRun writes one raw result as scripts/bench.sh names it.
+func writeRun(t *testing.T, dir, target, scenario string, rep int, r map[string]any) {
+	t.Helper()
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(dir, "raw", fmt.Sprintf("%s.%s.%d.json", target, scenario, rep))
+	if err := os.WriteFile(f, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A run with steal over quietSteal, or with background work, counts in
+// the medians over all runs and not in the quiet runs' table.
+func TestQuietRuns(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "raw"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rates := map[string][3]float64{
+		"direct": {100000, 100000, 100000}, "sockmap": {60000, 10000, 62000},
+		"haproxy": {50000, 51000, 52000}, "nginx": {40000, 41000, 42000},
+	}
+	for target, rs := range rates {
+		for i, rate := range rs {
+			r := map[string]any{"mode": "closed-loop", "msgs_per_s": rate, "integrity_ok": true}
+			switch {
+			case target == "sockmap" && i == 1:
+				r["steal_fraction"] = 0.4 // the slow run: stolen
+			case target == "haproxy" && i == 2:
+				r["background_cpus"] = 1.5 // other work before it
+			}
+			writeRun(t, dir, target, "closed-loop", i+1, r)
+		}
+	}
+	if err := build(dir); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := string(b)
+	// All runs: the median of 60000, 10000, 62000.
+	if !strings.Contains(md, "| closed-loop msgs/s ≥ 1.3× best of HAProxy/nginx | 60000 = 1.18× haproxy (51000) |") {
+		t.Errorf("all-runs target row missing or wrong:\n%s", md)
+	}
+	if !strings.Contains(md, "quiet runs only (10 of 12 runs") {
+		t.Errorf("quiet runs' count missing or wrong:\n%s", md)
+	}
+	// Quiet runs: sockmap 61000 (60000 and 62000), HAProxy 50500.
+	if !strings.Contains(md, "| closed-loop msgs/s ≥ 1.3× best of HAProxy/nginx | 61000 = 1.21× haproxy (50500) |") {
+		t.Errorf("quiet target row missing or wrong:\n%s", md)
+	}
+	var res struct {
+		Summary      metrics `json:"summary"`
+		SummaryQuiet metrics `json:"summary_quiet"`
+	}
+	rb, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(rb, &res); err != nil {
+		t.Fatal(err)
+	}
+	if got := res.Summary["sockmap"]["cl_msgs"]; got.N != 3 || got.Median != 60000 {
+		t.Errorf("summary sockmap cl_msgs = %+v, want 3 runs, median 60000", got)
+	}
+	if got := res.SummaryQuiet["sockmap"]["cl_msgs"]; got.N != 2 || got.Median != 61000 {
+		t.Errorf("quiet summary sockmap cl_msgs = %+v, want 2 runs, median 61000", got)
+	}
+}
+
+// With every run quiet, the report has no second table.
+func TestQuietRunsAllQuiet(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "raw"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"direct", "sockmap", "haproxy", "nginx"} {
+		writeRun(t, dir, target, "closed-loop", 1, map[string]any{"mode": "closed-loop", "msgs_per_s": 1000.0, "integrity_ok": true})
+	}
+	if err := build(dir); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "quiet runs only") {
+		t.Errorf("a report of quiet runs has a quiet-runs table:\n%s", b)
+	}
+}
