@@ -232,6 +232,19 @@ func markdown(dir string, m metrics, quiet quietRuns, machine map[string]any) st
 
 // targetRows writes the rows of the targets table from m.
 func targetRows(p func(string, ...any), m metrics) {
+	// A value or a name a noisy table may lack (no quiet run): "–".
+	num := func(v float64, prec int) string {
+		if math.IsNaN(v) {
+			return "–"
+		}
+		return fmt.Sprintf("%.*f", prec, v)
+	}
+	name := func(who string) string {
+		if who == "" {
+			return "–"
+		}
+		return who
+	}
 	yes := func(ok bool, vals ...float64) string {
 		for _, v := range vals {
 			if math.IsNaN(v) {
@@ -245,10 +258,10 @@ func targetRows(p func(string, ...any), m metrics) {
 	}
 	sm := m.med("sockmap", "cl_msgs")
 	best, who := bestOf(m, "cl_msgs", true)
-	p("| closed-loop msgs/s ≥ 1.3× best of HAProxy/nginx | %.0f = %s %s (%.0f) | 1.30× | %s |\n",
-		sm, ratio(sm, best), who, best, yes(sm >= 1.3*best, sm, best))
+	p("| closed-loop msgs/s ≥ 1.3× best of HAProxy/nginx | %s = %s %s (%s) | 1.30× | %s |\n",
+		num(sm, 0), ratio(sm, best), name(who), num(best, 0), yes(sm >= 1.3*best, sm, best))
 	d := m.med("direct", "cl_msgs")
-	p("| closed-loop msgs/s ≥ 0.8× direct | %s direct (%.0f) | 0.80× | %s |\n", ratio(sm, d), d, yes(sm >= 0.8*d, sm, d))
+	p("| closed-loop msgs/s ≥ 0.8× direct | %s direct (%s) | 0.80× | %s |\n", ratio(sm, d), num(d, 0), yes(sm >= 0.8*d, sm, d))
 	so := m.ovh("sockmap", "ol_cpu_us")
 	bo := math.NaN()
 	bw := ""
@@ -272,8 +285,8 @@ func targetRows(p func(string, ...any), m metrics) {
 		return ratio(v, best), yes(v <= 0.5*best)
 	}
 	r, ok := ovhRatio(so, bo)
-	p("| CPU overhead per message over direct ≤ 0.5× best (open-loop, µs/msg) | %.1f vs %s %.1f (%s) | 0.50× | %s |\n",
-		so, bw, bo, r, ok)
+	p("| CPU overhead per message over direct ≤ 0.5× best (open-loop, µs/msg) | %s vs %s %s (%s) | 0.50× | %s |\n",
+		num(so, 1), name(bw), num(bo, 1), r, ok)
 	lo := m.ovh("sockmap", "ol_p50")
 	bl, blw := math.NaN(), ""
 	for _, t := range []string{"haproxy", "nginx"} {
@@ -282,12 +295,12 @@ func targetRows(p func(string, ...any), m metrics) {
 		}
 	}
 	r, ok = ovhRatio(lo, bl)
-	p("| p50 latency overhead over direct ≤ 0.5× best (open-loop, µs) | %.0f vs %s %.0f (%s) | 0.50× | %s |\n",
-		lo, blw, bl, r, ok)
+	p("| p50 latency overhead over direct ≤ 0.5× best (open-loop, µs) | %s vs %s %s (%s) | 0.50× | %s |\n",
+		num(lo, 0), name(blw), num(bl, 0), r, ok)
 	rss := m.med("sockmap", "idle_rss")
-	p("| balancer RSS per idle WebSocket ≤ 1 KiB | %.0f B (HAProxy %.0f B, nginx %.0f B) | 1024 B | %s |\n",
-		rss, m.med("haproxy", "idle_rss"), m.med("nginx", "idle_rss"), yes(rss <= 1024, rss))
+	p("| balancer RSS per idle WebSocket ≤ 1 KiB | %s B (HAProxy %s B, nginx %s B) | 1024 B | %s |\n",
+		num(rss, 0), num(m.med("haproxy", "idle_rss"), 0), num(m.med("nginx", "idle_rss"), 0), yes(rss <= 1024, rss))
 	hs := m.med("sockmap", "hs_rate")
 	bh, bhw := bestOf(m, "hs_rate", true)
-	p("| handshakes/s ≥ best of HAProxy/nginx | %.0f vs %s %.0f (%s) | 1.00× | %s |\n", hs, bhw, bh, ratio(hs, bh), yes(hs >= bh, hs, bh))
+	p("| handshakes/s ≥ best of HAProxy/nginx | %s vs %s %s (%s) | 1.00× | %s |\n", num(hs, 0), name(bhw), num(bh, 0), ratio(hs, bh), yes(hs >= bh, hs, bh))
 }

@@ -45,6 +45,15 @@ func TestQuietRuns(t *testing.T) {
 			writeRun(t, dir, target, "closed-loop", i+1, r)
 		}
 	}
+	// Handshakes: HAProxy's and nginx's runs all stolen, so the quiet
+	// table has no best of them to compare with.
+	for _, target := range []string{"direct", "sockmap", "haproxy", "nginx"} {
+		r := map[string]any{"mode": "handshake", "handshakes_per_s": 3000.0, "integrity_ok": true}
+		if target == "haproxy" || target == "nginx" {
+			r["steal_fraction"] = 0.3
+		}
+		writeRun(t, dir, target, "handshake", 1, r)
+	}
 	if err := build(dir); err != nil {
 		t.Fatal(err)
 	}
@@ -53,11 +62,24 @@ func TestQuietRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	md := string(b)
+	// The quiet runs' table: from its header to the blank line after it.
+	i := strings.Index(md, "| target | measured (quiet runs) |")
+	if i < 0 {
+		t.Fatalf("no quiet runs' table:\n%s", md)
+	}
+	table := md[i:]
+	table = table[:strings.Index(table, "\n\n")]
+	if strings.Contains(table, "NaN") {
+		t.Errorf("a missing value printed as NaN in the quiet runs' table:\n%s", table)
+	}
+	if !strings.Contains(md, "| handshakes/s ≥ best of HAProxy/nginx | 3000 vs – – (–) | 1.00× | n/a |") {
+		t.Errorf("quiet handshake row without a best missing or wrong:\n%s", md)
+	}
 	// All runs: the median of 60000, 10000, 62000.
 	if !strings.Contains(md, "| closed-loop msgs/s ≥ 1.3× best of HAProxy/nginx | 60000 = 1.18× haproxy (51000) |") {
 		t.Errorf("all-runs target row missing or wrong:\n%s", md)
 	}
-	if !strings.Contains(md, "quiet runs only (10 of 12 runs") {
+	if !strings.Contains(md, "quiet runs only (12 of 16 runs") {
 		t.Errorf("quiet runs' count missing or wrong:\n%s", md)
 	}
 	// Quiet runs: sockmap 61000 (60000 and 62000), HAProxy 50500.
