@@ -69,6 +69,7 @@ vet: ## go vet ./...
 .PHONY: test-unit
 test-unit: ## unit tests (no root needed; privileged ones skip unless WSPLICE_REQUIRE_PRIV=1)
 	$(GO) test $(UNIT_PKGS)
+	cd bench && $(GO) test ./...
 
 .PHONY: test-e2e
 test-e2e: build ## end-to-end tests under tests/ (root: kernel path, network namespaces)

@@ -83,6 +83,18 @@ func bestOf(m metrics, k string, higher bool) (float64, string) {
 	return best, who
 }
 
+// bestOvh returns the lower of HAProxy's and nginx's overheads over
+// direct for a metric, and which one it was.
+func bestOvh(m metrics, k string) (float64, string) {
+	best, who := math.NaN(), ""
+	for _, t := range []string{"haproxy", "nginx"} {
+		if v := m.ovh(t, k); !math.IsNaN(v) && (math.IsNaN(best) || v < best) {
+			best, who = v, t
+		}
+	}
+	return best, who
+}
+
 func markdown(dir string, m metrics, quiet quietRuns, machine map[string]any) string {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
@@ -161,12 +173,7 @@ func markdown(dir string, m metrics, quiet quietRuns, machine map[string]any) st
 	bh, bhw := bestOf(m, "hs_rate", true)
 	// CPU per handshake is steadier on a shared machine than the rate.
 	if hc := m.ovh("sockmap", "hs_cpu_us"); !math.IsNaN(hc) {
-		bc, bcw := math.NaN(), ""
-		for _, t := range []string{"haproxy", "nginx"} {
-			if v := m.ovh(t, "hs_cpu_us"); !math.IsNaN(v) && (math.IsNaN(bc) || v < bc) {
-				bc, bcw = v, t
-			}
-		}
+		bc, bcw := bestOvh(m, "hs_cpu_us")
 		p("CPU per handshake over direct (attributed, median): wsplice sockmap %.0f µs, %s %.0f µs (%s); userspace path %.0f µs.\n\n",
 			hc, bcw, bc, ratio(hc, bc), m.ovh("userspace", "hs_cpu_us"))
 	}
@@ -263,13 +270,7 @@ func targetRows(p func(string, ...any), m metrics) {
 	d := m.med("direct", "cl_msgs")
 	p("| closed-loop msgs/s ≥ 0.8× direct | %s direct (%s) | 0.80× | %s |\n", ratio(sm, d), num(d, 0), yes(sm >= 0.8*d, sm, d))
 	so := m.ovh("sockmap", "ol_cpu_us")
-	bo := math.NaN()
-	bw := ""
-	for _, t := range []string{"haproxy", "nginx"} {
-		if v := m.ovh(t, "ol_cpu_us"); !math.IsNaN(v) && (math.IsNaN(bo) || v < bo) {
-			bo, bw = v, t
-		}
-	}
+	bo, bw := bestOvh(m, "ol_cpu_us")
 	// An overhead ratio means something only when the best of the others
 	// measured above direct; at or below it, the run's noise is larger
 	// than the overheads.
@@ -288,12 +289,7 @@ func targetRows(p func(string, ...any), m metrics) {
 	p("| CPU overhead per message over direct ≤ 0.5× best (open-loop, µs/msg) | %s vs %s %s (%s) | 0.50× | %s |\n",
 		num(so, 1), name(bw), num(bo, 1), r, ok)
 	lo := m.ovh("sockmap", "ol_p50")
-	bl, blw := math.NaN(), ""
-	for _, t := range []string{"haproxy", "nginx"} {
-		if v := m.ovh(t, "ol_p50"); !math.IsNaN(v) && (math.IsNaN(bl) || v < bl) {
-			bl, blw = v, t
-		}
-	}
+	bl, blw := bestOvh(m, "ol_p50")
 	r, ok = ovhRatio(lo, bl)
 	p("| p50 latency overhead over direct ≤ 0.5× best (open-loop, µs) | %s vs %s %s (%s) | 0.50× | %s |\n",
 		num(lo, 0), name(blw), num(bl, 0), r, ok)
