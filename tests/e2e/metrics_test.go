@@ -51,18 +51,28 @@ func TestMetrics(t *testing.T) {
 		if len(sent) != 2 {
 			t.Fatalf("connections reached %d backends, want 2", len(sent))
 		}
+		bytesKey := func(be, dir string) string {
+			return fmt.Sprintf(`wsplice_backend_bytes_total{backend=%q,dataplane=%q,direction=%q}`, be, dp, dir)
+		}
 		check := func(when string, m map[string]float64) {
 			t.Helper()
 			for be, n := range sent {
 				for _, dir := range []string{"to_backend", "to_client"} {
-					k := fmt.Sprintf(`wsplice_backend_bytes_total{backend=%q,dataplane=%q,direction=%q}`, be, dp, dir)
-					if m[k] != float64(n) {
+					if k := bytesKey(be, dir); m[k] != float64(n) {
 						t.Errorf("%s: %s = %v, want %d (the bytes the test exchanged)", when, k, m[k], n)
 					}
 				}
 			}
 		}
-		m := d.scrapeMetrics(t)
+		// The userspace path counts a chunk once its write has returned,
+		// which the client can see before that: wait for every count to
+		// reach what was exchanged (5 s at most), then check them all.
+		var m map[string]float64
+		for be, n := range sent {
+			for _, dir := range []string{"to_backend", "to_client"} {
+				m = d.waitMetric(t, bytesKey(be, dir), func(v float64) bool { return v >= float64(n) })
+			}
+		}
 		check("live", m)
 		for be := range sent {
 			for _, k := range []string{
