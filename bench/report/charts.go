@@ -37,6 +37,8 @@ func nan0(v float64) float64 {
 }
 
 // grouped draws one bar per target in each group (groups: metric keys).
+// It writes no file when no target ran any of them (a run limited by
+// SCENARIOS or TARGETS); the report then leaves the chart out.
 func grouped(m metrics, file, title, ylabel string, keys, groupNames []string, scale float64) error {
 	p := plot.New()
 	p.Title.Text = title
@@ -46,6 +48,9 @@ func grouped(m metrics, file, title, ylabel string, keys, groupNames []string, s
 		if m.ran(t, keys...) {
 			ts = append(ts, t)
 		}
+	}
+	if len(ts) == 0 {
+		return nil
 	}
 	w := vg.Points(float64(int(300 / max(1, len(ts)*len(keys)))))
 	w = min(max(w, 8), 28)
@@ -69,7 +74,8 @@ func grouped(m metrics, file, title, ylabel string, keys, groupNames []string, s
 	return p.Save(7*vg.Inch, 4*vg.Inch, file)
 }
 
-// single draws one bar per target for one metric.
+// single draws one bar per target for one metric; no file when no target
+// ran it.
 func single(m metrics, file, title, ylabel, key string, scale float64, skipDirect bool) error {
 	p := plot.New()
 	p.Title.Text = title
@@ -94,6 +100,9 @@ func single(m metrics, file, title, ylabel, key string, scale float64, skipDirec
 		p.Add(bars)
 		names = append(names, targetNames[t])
 		i++
+	}
+	if len(names) == 0 {
+		return nil
 	}
 	p.NominalX(names...)
 	return p.Save(6*vg.Inch, 3.5*vg.Inch, file)

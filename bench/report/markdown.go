@@ -192,16 +192,21 @@ func markdown(dir string, m metrics, quiet quietRuns, machine map[string]any) st
 		if !math.IsNaN(bh) {
 			vsBest = fmt.Sprintf(" (%s %s)", ratio(r, bh), bhw)
 		}
-		p("%s made %.0f handshakes/s%s, with %.0f µs of CPU per handshake over direct: %s\n\n", f.what, r, vsBest, m.ovh(f.t, "hs_cpu_us"), f.then)
+		cpu := "" // no direct run: no overhead to give
+		if o := m.ovh(f.t, "hs_cpu_us"); !math.IsNaN(o) {
+			cpu = fmt.Sprintf(", with %.0f µs of CPU per handshake over direct", o)
+		}
+		p("%s made %.0f handshakes/s%s%s: %s\n\n", f.what, r, vsBest, cpu, f.then)
 	}
 
-	p("## Charts\n\n")
+	heading := "## Charts\n\n" // only above a chart: a partial run may have none
 	for _, c := range []struct{ f, t string }{
 		{"latency.png", "Open-loop latency percentiles"}, {"throughput.png", "Closed-loop echo throughput"},
 		{"cpu.png", "CPU per message"}, {"memory.png", "Memory per idle connection"},
 	} {
 		if _, err := os.Stat(filepath.Join(dir, c.f)); err == nil {
-			p("![%s](%s)\n\n", c.t, c.f)
+			p("%s![%s](%s)\n\n", heading, c.t, c.f)
+			heading = ""
 		}
 	}
 

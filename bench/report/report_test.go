@@ -125,3 +125,41 @@ func TestQuietRunsAllQuiet(t *testing.T) {
 		t.Errorf("a report of quiet runs has a quiet-runs table:\n%s", b)
 	}
 }
+
+// A run limited by TARGETS and SCENARIOS (here handshakes only, without
+// the direct connection) still gets a report, with the charts it has data
+// for and none of the others.
+func TestPartialRun(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "raw"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i, target := range []string{"sockmap", "evfloor", "haproxy", "nginx"} {
+		writeRun(t, dir, target, "handshake", 1, map[string]any{"mode": "handshake", "handshakes_per_s": 3000.0 + float64(i), "integrity_ok": true})
+	}
+	if err := build(dir); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := string(b)
+	if !strings.Contains(md, "| handshakes/s ≥ best of HAProxy/nginx | 3000 vs nginx 3003 (1.00×) | 1.00× | no |") {
+		t.Errorf("handshake target row missing or wrong:\n%s", md)
+	}
+	for _, f := range []string{"latency.png", "throughput.png", "cpu.png", "memory.png"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			t.Errorf("%s drawn without data", f)
+		}
+		if strings.Contains(md, "("+f+")") {
+			t.Errorf("report links %s, which has no data", f)
+		}
+	}
+	if strings.Contains(md, "NaN") {
+		t.Errorf("a missing value printed as NaN:\n%s", md)
+	}
+	if strings.Contains(md, "## Charts") {
+		t.Errorf("a Charts heading without charts:\n%s", md)
+	}
+}
