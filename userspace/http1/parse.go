@@ -450,14 +450,54 @@ func validValue(s string) bool {
 	return true
 }
 
-// validHost allows the characters of uri-host [":" port] (RFC 3986 reg-name,
-// IP-literal, IPv4) and nothing that could end an authority early.
+// validHost reports whether s is uri-host [":" port] (RFC 9110 7.2, RFC
+// 3986): a reg-name or IPv4 address, or an IP literal in brackets, then a
+// port of at most five digits; nothing that could end an authority early.
 func validHost(s string) bool {
+	host, port, hasPort := s, "", false
+	if strings.HasPrefix(s, "[") {
+		// IP-literal: an IPv6 address (or IPvFuture) in brackets.
+		end := strings.IndexByte(s, ']')
+		if end < 2 {
+			return false
+		}
+		host, port = s[1:end], s[end+1:]
+		if port != "" {
+			if port[0] != ':' {
+				return false
+			}
+			port, hasPort = port[1:], true
+		}
+		if !hostChars(host, true) {
+			return false
+		}
+	} else {
+		if i := strings.LastIndexByte(s, ':'); i >= 0 {
+			host, port, hasPort = s[:i], s[i+1:], true
+		}
+		if !hostChars(host, false) || (hasPort && host == "") {
+			return false
+		}
+	}
+	// port = *DIGIT (RFC 3986 3.2.3): "h:" is valid, "h:abc" is not.
+	for i := 0; i < len(port); i++ {
+		if !isDigit(port[i]) {
+			return false
+		}
+	}
+	return len(port) <= 5
+}
+
+// hostChars reports whether s holds only characters of a reg-name or
+// IPv4 address (unreserved, pct-encoded, sub-delims: RFC 3986 3.2.2), and
+// colons too inside brackets.
+func hostChars(s string, literal bool) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		switch {
 		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', isDigit(c):
-		case strings.IndexByte("-._~!$&'()*+,;=:[]%", c) >= 0:
+		case strings.IndexByte("-._~!$&'()*+,;=%", c) >= 0:
+		case c == ':' && literal:
 		default:
 			return false
 		}

@@ -291,3 +291,20 @@ func BenchmarkReadRequestHead(b *testing.B) {
 		}
 	}
 }
+
+func TestValidHost(t *testing.T) {
+	for _, c := range []struct {
+		host string
+		ok   bool
+	}{
+		{"example.com", true}, {"example.com:8080", true}, {"example.com:", true}, {"10.0.0.1:80", true},
+		{"[::1]", true}, {"[::1]:8080", true}, {"[fe80::1%25eth0]:1", true}, {"xn--bcher-kva.example", true}, {"", true},
+		{"example.com:abc", false}, {"example.com:80a", false}, {"example.com:123456", false}, {"exa mple.com", false},
+		{"a:b:c", false}, {"[::1", false}, {"[]", false}, {"[::1]x", false}, {"[::1]:x", false}, {":80", false},
+		{"user@host", false}, {"host/path", false}, {"host?q", false}, {"host#f", false},
+	} {
+		if got := validHost(c.host); got != c.ok {
+			t.Errorf("validHost(%q) = %v, want %v", c.host, got, c.ok)
+		}
+	}
+}

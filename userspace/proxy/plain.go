@@ -66,7 +66,15 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 				continue
 			}
 		}
+		// Before finish, whose wake-up of a blocked body read would
+		// count as the client's timeout.
+		status, reason, clientFault := body.clientFault()
 		body.finish(cc)
+		if clientFault {
+			p.log.Debug().Err(err).Str("backend", be.Addr()).Str("method", req.Method).Msg("client request body failed")
+			cc.fail(status, reason, nil)
+			return false
+		}
 		p.log.Warn().Err(err).Str("backend", be.Addr()).Str("method", req.Method).Msg("backend request failed")
 		cc.fail(502, "backend failed", nil)
 		return false
@@ -229,6 +237,10 @@ type requestBody struct {
 	// cont sends "100 Continue" before the first read when the client
 	// asked for it: the transport is told nothing of Expect.
 	cont func()
+	// err is the first error reading the client's body (a malformed
+	// chunk, a client that closed or stalled mid-body): the client's
+	// fault, not the backend's, when the round trip then fails.
+	err error
 }
 
 func (cc *clientConn) requestBody(req *http1.RequestHead) *requestBody {
@@ -277,7 +289,29 @@ func (b *requestBody) Read(p []byte) (int, error) {
 			b.eof = false
 		}
 	}
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
 	return n, err
+}
+
+// clientFault returns the status and reason to answer when the round trip
+// failed because of the client's body (ok false: it did not).
+func (b *requestBody) clientFault() (status int, reason string, ok bool) {
+	b.mu.Lock()
+	err := b.err
+	b.mu.Unlock()
+	var herr *http1.Error
+	switch {
+	case err == nil:
+		return 0, "", false
+	case errors.As(err, &herr):
+		return herr.Status, herr.Reason, true
+	case isTimeout(err):
+		return 408, "request body timeout", true
+	default: // the client closed or reset mid-body
+		return 400, "incomplete request body", true
+	}
 }
 
 // touched reports whether the transport has read from the body.

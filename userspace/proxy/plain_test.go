@@ -330,3 +330,26 @@ func TestPlainOtherUpgrade(t *testing.T) {
 		}
 	}
 }
+
+// TestPlainBadBody: a body the client got wrong is the client's fault:
+// 400 (not 502, "backend failed"), and the connection is closed.
+func TestPlainBadBody(t *testing.T) {
+	be := startEchoHTTP(t)
+	p := startProxy(t, []string{be}, nil)
+	for _, tc := range []struct{ name, body string }{
+		{"bad chunk size", "zz\r\nabc\r\n0\r\n\r\n"},
+		{"chunk size overflow", "fffffffffffffffffff\r\nabc\r\n0\r\n\r\n"},
+		{"chunk longer than its size", "3\r\nabcdef\r\n0\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl := dial(t, p.addr)
+			cl.send("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + tc.body)
+			resp := cl.head()
+			if resp.Status != 400 {
+				t.Fatalf("status %d, want 400", resp.Status)
+			}
+			cl.body(resp)
+			cl.expectClosed()
+		})
+	}
+}
