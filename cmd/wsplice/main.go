@@ -128,7 +128,9 @@ func newFlagSet(o *options, r *rawFlags, stdout io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.dataplane, "dataplane", "auto", "data path: auto, sockmap or userspace")
 	fs.StringVar(&r.level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or console")
-	fs.DurationVar(&o.cfg.HeaderTimeout, "header-timeout", proxy.DefaultHeaderTimeout, "time allowed to send a request head, and keep-alive idle time")
+	fs.DurationVar(&o.cfg.HeaderTimeout, "header-timeout", proxy.DefaultHeaderTimeout, "time allowed to send a request head, keep-alive idle time, and the longest a request body may go without a byte")
+	fs.DurationVar(&o.cfg.DialTimeout, "connect-timeout", proxy.DefaultDialTimeout, "time allowed to connect to a backend (then the next backend is tried, or 502)")
+	fs.DurationVar(&o.cfg.ResponseTimeout, "backend-timeout", proxy.DefaultResponseTimeout, "time a backend has to answer a WebSocket handshake, or a plain request once it is sent (then 504)")
 	fs.IntVar(&o.cfg.MaxHeaderBytes, "max-header-bytes", proxy.DefaultMaxHeaderBytes, "largest request head accepted (larger get 431)")
 	r.admin.value = defaultAdmin
 	fs.Var(&r.admin, "admin", "`address` of the admin HTTP server with /metrics, /debug/stats and /backends (GET, POST, DELETE /backends/ADDR, POST /backends/ADDR/drain, PUT /backends/ADDR/weight): host:port, unix:PATH or an absolute path for a unix socket, or off (default "+defaultAdmin+"; if that default is taken, a warning and no admin server)")
@@ -214,6 +216,12 @@ func finishOptions(o *options, r *rawFlags) (*options, bool, error) {
 	}
 	if o.cfg.HeaderTimeout <= 0 {
 		return nil, false, usageError{fmt.Errorf("invalid --header-timeout %v: must be positive", o.cfg.HeaderTimeout)}
+	}
+	if o.cfg.DialTimeout <= 0 {
+		return nil, false, usageError{fmt.Errorf("invalid --connect-timeout %v: must be positive", o.cfg.DialTimeout)}
+	}
+	if o.cfg.ResponseTimeout <= 0 {
+		return nil, false, usageError{fmt.Errorf("invalid --backend-timeout %v: must be positive", o.cfg.ResponseTimeout)}
 	}
 	if o.cfg.IdleTimeout < proxy.MinIdleTimeout || o.cfg.IdleTimeout > proxy.MaxIdleTimeout {
 		return nil, false, usageError{fmt.Errorf("invalid --idle-timeout %v: must be between %v and %v", o.cfg.IdleTimeout, proxy.MinIdleTimeout, proxy.MaxIdleTimeout)}

@@ -35,7 +35,7 @@ func TestHelp(t *testing.T) {
 	if code := exitCode(err, &stderr); code != 0 {
 		t.Fatalf("exit code %d, err %v", code, err)
 	}
-	for _, flag := range []string{"-listen", "-listen-tls", "-listen-tcp", "-listen-tcp-tls", "-tls-cert", "-tls-key", "-tls-handshake-timeout", "-ktls", "-backend", "-dataplane", "-log-level", "-log-format", "-header-timeout", "-max-header-bytes", "-admin", "-version", "-config", "-max-conns", "-max-conn-rate", "-max-conns-per-ip", "-max-conn-rate-per-ip", "-tcp-keepalive", "-drain-timeout", "/metrics", "Usage: wsplice",
+	for _, flag := range []string{"-listen", "-listen-tls", "-listen-tcp", "-listen-tcp-tls", "-tls-cert", "-tls-key", "-tls-handshake-timeout", "-ktls", "-backend", "-dataplane", "-log-level", "-log-format", "-header-timeout", "-max-header-bytes", "-admin", "-version", "-config", "-max-conns", "-max-conn-rate", "-max-conns-per-ip", "-max-conn-rate-per-ip", "-tcp-keepalive", "-drain-timeout", "-connect-timeout", "-backend-timeout", "/metrics", "Usage: wsplice",
 		"-balance", "-sticky-cookie", "-health-check", "-health-interval", "-health-timeout", "-health-rise", "-health-fall", "weight=N", "/backends"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("help lacks %q:\n%s", flag, stdout.String())
@@ -64,6 +64,8 @@ func TestBadFlags(t *testing.T) {
 		{"--log-format", "xml"},
 		{"--header-timeout", "soon"},
 		{"--header-timeout", "-1s"},
+		{"--connect-timeout", "0s"},
+		{"--backend-timeout", "-1s"},
 		{"--max-header-bytes", "10"},
 		{"--backend", "no-port"},
 		{"--backend", "h:99999"},

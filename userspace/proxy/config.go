@@ -18,6 +18,7 @@ const (
 	DefaultHeaderTimeout   = 10 * time.Second
 	DefaultMaxHeaderBytes  = 16 << 10
 	DefaultDialTimeout     = 5 * time.Second
+	DefaultResponseTimeout = 60 * time.Second
 	DefaultShutdownTimeout = 5 * time.Second
 	DefaultIdleTimeout     = 60 * time.Second
 
@@ -84,8 +85,9 @@ type Config struct {
 	// Health configures active health checks and the rise and fall
 	// counts of passive marking; zero fields take backend's defaults.
 	Health backend.HealthConfig
-	// HeaderTimeout bounds reading each request head, and how long a
-	// keep-alive connection may sit idle.
+	// HeaderTimeout bounds reading each request head, how long a
+	// keep-alive connection may sit idle, and how long a request body may
+	// go without a byte.
 	HeaderTimeout time.Duration
 	// MaxHeaderBytes bounds a request head; larger heads get 431.
 	MaxHeaderBytes int
@@ -93,9 +95,14 @@ type Config struct {
 	// has moved in either direction for this long, on every data path.
 	// A reload applies it to connections spliced afterwards.
 	IdleTimeout time.Duration
-	// DialTimeout bounds connecting to a backend, and waiting for its
-	// answer to a WebSocket handshake.
+	// DialTimeout bounds connecting to a backend (--connect-timeout).
 	DialTimeout time.Duration
+	// ResponseTimeout bounds the backend's answer to a request
+	// (--backend-timeout): the head of its answer to a WebSocket
+	// handshake, or to a plain request once the request (body included)
+	// is sent; past it the client gets 504. A reload applies it to
+	// requests sent afterwards.
+	ResponseTimeout time.Duration
 	// ShutdownTimeout is how long handshakes and requests in flight may
 	// run on after shutdown starts.
 	ShutdownTimeout time.Duration
@@ -158,6 +165,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DialTimeout == 0 {
 		c.DialTimeout = DefaultDialTimeout
+	}
+	if c.ResponseTimeout == 0 {
+		c.ResponseTimeout = DefaultResponseTimeout
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultIdleTimeout
@@ -222,6 +232,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DialTimeout < 0 {
 		errs = append(errs, fmt.Errorf("dial timeout %v: must be positive", c.DialTimeout))
+	}
+	if c.ResponseTimeout < 0 {
+		errs = append(errs, fmt.Errorf("response timeout %v: must be positive", c.ResponseTimeout))
 	}
 	if c.ShutdownTimeout < 0 {
 		errs = append(errs, fmt.Errorf("shutdown timeout %v: must be positive", c.ShutdownTimeout))

@@ -614,9 +614,9 @@ func (h *rawHS) connectDone() {
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}
 	_ = unix.EpollCtl(h.l.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
-	// The backend gets DialTimeout to read the handshake and answer it.
+	// The backend gets ResponseTimeout to read the handshake and answer it.
 	h.l.mu.Lock()
-	h.deadline = time.Now().Add(p.conf().DialTimeout)
+	h.deadline = time.Now().Add(p.conf().ResponseTimeout)
 	heap.Fix(&h.l.timers, h.heapIdx)
 	h.l.mu.Unlock()
 }

@@ -97,8 +97,8 @@ func TestHandshakeLoopHandOver(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		backends []string
-		dial     time.Duration
-		send     []string // written with a pause between
+		answer   time.Duration // ResponseTimeout, if set
+		send     []string      // written with a pause between
 		status   int
 		after    string // bytes after the head (101) or the body
 	}{
@@ -125,8 +125,8 @@ func TestHandshakeLoopHandOver(t *testing.T) {
 			bothPaths(t, func(t *testing.T, loop bool, mod func(*Config)) {
 				p := startProxy(t, tc.backends, func(c *Config) {
 					mod(c)
-					if tc.dial > 0 {
-						c.DialTimeout = tc.dial
+					if tc.answer > 0 {
+						c.ResponseTimeout = tc.answer
 					}
 				})
 				cl := dial(t, p.addr)
@@ -191,7 +191,7 @@ func TestHandshakeLoopShutdown(t *testing.T) {
 		entered <- struct{}{}
 		_, _ = io.Copy(io.Discard, br)
 	})
-	p := startProxy(t, []string{silent}, func(c *Config) { c.DialTimeout = 30 * time.Second })
+	p := startProxy(t, []string{silent}, func(c *Config) { c.ResponseTimeout = 30 * time.Second })
 	cl := dial(t, p.addr)
 	cl.send(upgradeRequest())
 	select {

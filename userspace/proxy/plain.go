@@ -1,14 +1,17 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wsplice/wsplice/userspace/backend"
@@ -18,6 +21,38 @@ import (
 // errBodyAbandoned is what the transport reads from a request body the
 // proxy took back after the response.
 var errBodyAbandoned = errors.New("request body abandoned")
+
+// errBackendTimeout cancels a plain request whose backend did not answer
+// within the response timeout.
+var errBackendTimeout = errors.New("backend did not answer in time")
+
+// answerTimer cancels a plain request when its backend has not answered
+// within d of the request being sent (start), unless the answer came
+// first (stop).
+type answerTimer struct {
+	mu      sync.Mutex
+	d       time.Duration
+	t       *time.Timer
+	stopped bool
+	cancel  context.CancelCauseFunc
+}
+
+func (a *answerTimer) start() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.t == nil && !a.stopped {
+		a.t = time.AfterFunc(a.d, func() { a.cancel(errBackendTimeout) })
+	}
+}
+
+func (a *answerTimer) stop() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.stopped = true
+	if a.t != nil {
+		a.t.Stop()
+	}
+}
 
 // plain reverse-proxies one ordinary HTTP request through the pooled
 // transport and reports whether the client connection goes on.
@@ -48,7 +83,12 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 			cc.fail(400, "invalid request target", nil)
 			return false
 		}
-		resp, err = p.transport.RoundTrip(out)
+		ctx, cancel := context.WithCancelCause(out.Context())
+		defer cancel(nil)
+		wait := &answerTimer{d: p.conf().ResponseTimeout, cancel: cancel}
+		body.whenSent(wait.start)
+		resp, err = p.transport.RoundTrip(out.WithContext(ctx))
+		wait.stop()
 		if err == nil {
 			p.reportConnect(be, nil)
 			break
@@ -70,6 +110,11 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 		// count as the client's timeout.
 		status, reason, clientFault := body.clientFault()
 		body.finish(cc)
+		if errors.Is(context.Cause(ctx), errBackendTimeout) {
+			p.log.Warn().Str("backend", be.Addr()).Str("method", req.Method).Msg("backend request timed out")
+			cc.fail(504, "backend timed out", nil)
+			return false
+		}
 		if clientFault {
 			p.log.Debug().Err(err).Str("backend", be.Addr()).Str("method", req.Method).Msg("client request body failed")
 			cc.fail(status, reason, nil)
@@ -227,16 +272,27 @@ func (cc *clientConn) fromTransport(req *http1.RequestHead, resp *http.Response)
 // from its own goroutine after the response is done; finish takes the
 // reader back before the connection reads its next request.
 type requestBody struct {
-	mu   sync.Mutex
-	r    io.Reader
-	eof  bool
-	done bool
+	mu sync.Mutex
+	r  io.Reader
+	// conn is the client's connection: each read of the body has its
+	// header timeout to bring bytes (a stalled upload gets 408, and
+	// holds no backend connection for longer).
+	conn    net.Conn
+	timeout time.Duration
+	// finishing is set by finish before it wakes a blocked read: a read
+	// that sets its deadline after finish's gives up.
+	finishing atomic.Bool
+	eof       bool
+	done      bool
 	// read is set once the transport has read from the body: the
 	// request can no longer go to another backend.
 	read bool
 	// cont sends "100 Continue" before the first read when the client
 	// asked for it: the transport is told nothing of Expect.
 	cont func()
+	// sent is called once the body has been read to its end (at once
+	// for a request without one): the backend's time to answer starts.
+	sent func()
 	// err is the first error reading the client's body (a malformed
 	// chunk, a client that closed or stalled mid-body): the client's
 	// fault, not the backend's, when the round trip then fails.
@@ -244,7 +300,7 @@ type requestBody struct {
 }
 
 func (cc *clientConn) requestBody(req *http1.RequestHead) *requestBody {
-	b := &requestBody{}
+	b := &requestBody{conn: cc.conn, timeout: cc.p.conf().HeaderTimeout}
 	switch {
 	case req.Chunked:
 		b.r = http1.NewChunkedReader(cc.br, cc.p.cfg.MaxHeaderBytes, 400)
@@ -281,6 +337,10 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		b.cont = nil
 	}
 	b.read = true
+	_ = b.conn.SetReadDeadline(time.Now().Add(b.timeout))
+	if b.finishing.Load() {
+		return 0, errBodyAbandoned
+	}
 	n, err := b.r.Read(p)
 	if err == io.EOF {
 		b.eof = true
@@ -288,6 +348,15 @@ func (b *requestBody) Read(p []byte) (int, error) {
 			err = io.ErrUnexpectedEOF
 			b.eof = false
 		}
+	}
+	if b.eof {
+		// Nothing more to read until the next request head, which sets
+		// a deadline of its own.
+		_ = b.conn.SetReadDeadline(time.Time{})
+	}
+	if b.eof && b.sent != nil {
+		b.sent()
+		b.sent = nil
 	}
 	if err != nil && err != io.EOF && b.err == nil {
 		b.err = err
@@ -314,6 +383,19 @@ func (b *requestBody) clientFault() (status int, reason string, ok bool) {
 	}
 }
 
+// whenSent has f called once the body has been read to its end: now if it
+// has been (or there is none).
+func (b *requestBody) whenSent(f func()) {
+	b.mu.Lock()
+	if !b.eof {
+		b.sent = f
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Unlock()
+	f()
+}
+
 // touched reports whether the transport has read from the body.
 func (b *requestBody) touched() bool {
 	b.mu.Lock()
@@ -327,6 +409,7 @@ func (b *requestBody) Close() error { return nil }
 // finish stops the transport reading and reports whether the body was
 // read to its end, leaving the client's stream at the next request.
 func (b *requestBody) finish(cc *clientConn) bool {
+	b.finishing.Store(true)
 	if !b.mu.TryLock() {
 		// The transport is blocked reading the client: wake it.
 		_ = cc.conn.SetReadDeadline(time.Now())

@@ -353,3 +353,84 @@ func TestPlainBadBody(t *testing.T) {
 		})
 	}
 }
+
+// TestPlainBackendTimeout: a backend that does not answer within
+// ResponseTimeout of the request being sent gets the client a 504; the
+// time a client takes to send its body does not count.
+func TestPlainBackendTimeout(t *testing.T) {
+	be := startHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if r.URL.Path == "/hang" {
+			time.Sleep(2 * time.Second)
+		}
+		_, _ = w.Write(b)
+	}))
+	p := startProxy(t, []string{be}, func(c *Config) { c.ResponseTimeout = 300 * time.Millisecond })
+
+	cl := dial(t, p.addr)
+	start := time.Now()
+	cl.send("GET /hang HTTP/1.1\r\nHost: h\r\n\r\n")
+	resp := cl.head()
+	if resp.Status != 504 {
+		t.Fatalf("silent backend: status %d, want 504", resp.Status)
+	}
+	if d := time.Since(start); d < 250*time.Millisecond || d > 1500*time.Millisecond {
+		t.Errorf("504 after %v, want about 300ms", d)
+	}
+	cl.body(resp)
+	cl.expectClosed()
+
+	// A body sent over 600 ms, twice the timeout: the backend answers at
+	// once when it has it all.
+	cl = dial(t, p.addr)
+	cl.send("POST /slow HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\nab")
+	time.Sleep(300 * time.Millisecond)
+	cl.send("cd")
+	time.Sleep(300 * time.Millisecond)
+	cl.send("ef")
+	resp = cl.head()
+	if resp.Status != 200 {
+		t.Fatalf("slow body: status %d, want 200", resp.Status)
+	}
+	if b := cl.body(resp); string(b) != "abcdef" {
+		t.Errorf("slow body: answer %q", b)
+	}
+}
+
+// TestPlainBodyStall: a request body gets the header timeout between two
+// reads, not in all: a slow upload that keeps coming goes through, one
+// that stops gets 408 and a close.
+func TestPlainBodyStall(t *testing.T) {
+	be := startHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = w.Write(b)
+	}))
+	p := startProxy(t, []string{be}, func(c *Config) { c.HeaderTimeout = 400 * time.Millisecond })
+
+	cl := dial(t, p.addr)
+	cl.send("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\na")
+	for _, s := range []string{"b", "c", "d"} { // 750 ms in all
+		time.Sleep(250 * time.Millisecond)
+		cl.send(s)
+	}
+	resp := cl.head()
+	if resp.Status != 200 {
+		t.Fatalf("slow upload: status %d, want 200", resp.Status)
+	}
+	if b := cl.body(resp); string(b) != "abcd" {
+		t.Errorf("slow upload: answer %q", b)
+	}
+
+	cl = dial(t, p.addr)
+	start := time.Now()
+	cl.send("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nab")
+	resp = cl.head()
+	if resp.Status != 408 {
+		t.Fatalf("stalled upload: status %d, want 408", resp.Status)
+	}
+	if d := time.Since(start); d < 350*time.Millisecond || d > 2*time.Second {
+		t.Errorf("408 after %v, want about 400ms", d)
+	}
+	cl.body(resp)
+	cl.expectClosed()
+}

@@ -75,7 +75,7 @@ func (p *Proxy) Reload(cfg Config) (ignored []string, err error) {
 	p.limiter.SetConfig(cfg.limits())
 	ev := p.log.Info().Strs("backends", cfg.Backends).Int("max_conns", cfg.MaxConns).Int("max_conn_rate", cfg.MaxConnRate).
 		Int("max_conns_per_ip", cfg.MaxConnsPerIP).Int("max_conn_rate_per_ip", cfg.MaxConnRatePerIP).
-		Dur("header_timeout", cfg.HeaderTimeout).Dur("dial_timeout", cfg.DialTimeout).Dur("drain_timeout", cfg.DrainTimeout).Dur("idle_timeout", cfg.IdleTimeout).
+		Dur("header_timeout", cfg.HeaderTimeout).Dur("connect_timeout", cfg.DialTimeout).Dur("backend_timeout", cfg.ResponseTimeout).Dur("drain_timeout", cfg.DrainTimeout).Dur("idle_timeout", cfg.IdleTimeout).
 		Bool("tcp_keepalive", !cfg.TCPKeepAliveOff)
 	if len(ignored) > 0 {
 		ev = ev.Strs("ignored_need_restart", ignored)

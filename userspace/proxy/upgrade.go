@@ -78,8 +78,8 @@ func (cc *clientConn) upgradeCounted(req *http1.RequestHead, start time.Time) bo
 	be := lease.Backend()
 	cc.backend.Store(bconn)
 
-	// The backend gets DialTimeout to read the handshake and answer it.
-	_ = bconn.SetDeadline(time.Now().Add(p.conf().DialTimeout))
+	// The backend gets ResponseTimeout to read the handshake and answer it.
+	_ = bconn.SetDeadline(time.Now().Add(p.conf().ResponseTimeout))
 	if _, err := bconn.Write(cc.upgradeRequest(req, breq.SourceIP)); err != nil {
 		cc.backend.Store(nil)
 		p.dp.Release(bconn)
