@@ -17,6 +17,11 @@
 #define WSPLICE_BACKLOG_FLOOR (1 << 20)
 #endif
 
+/* Default for the pass_slack variable, in bytes. */
+#ifndef WSPLICE_PASS_SLACK
+#define WSPLICE_PASS_SLACK (64 << 20)
+#endif
+
 /* conn_ctl.mode */
 enum wsplice_mode {
 	/* Userspace owns the stream (handshake): every byte goes to the
@@ -31,6 +36,14 @@ enum wsplice_mode {
 enum wsplice_event {
 	WSPLICE_EVENT_PASS = 0,
 	WSPLICE_EVENT_BROKEN = 1,
+};
+
+/* conn_stats.broken */
+enum wsplice_broken {
+	/* A segment overlapped more than the verdict can cut. */
+	WSPLICE_BROKEN_OVERLAP = 1,
+	/* Passed bytes outgrew what TCP holds back (see pass_slack). */
+	WSPLICE_BROKEN_OVERFLOW = 2,
 };
 
 /* bpf_skb_adjust_room removes at most this many bytes per call. */

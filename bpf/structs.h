@@ -49,8 +49,8 @@ struct conn_stats {
 	__u64 overlap_trimmed;
 	/* 1 once next_seq holds a value. */
 	__u32 seq_valid;
-	/* 1 when a segment overlapped more than the verdict can cut: the
-	 * connection cannot go on intact and userspace resets it. */
+	/* Why the connection cannot go on intact, and userspace resets it
+	 * (enum wsplice_broken; 0: it can). */
 	__u32 broken;
 };
 

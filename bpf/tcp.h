@@ -8,6 +8,7 @@ struct sock_common___ws {
 } __attribute__((preserve_access_index));
 
 struct sock___ws {
+	int sk_rcvbuf;
 	int sk_sndbuf;
 	int sk_wmem_queued;
 } __attribute__((preserve_access_index));

@@ -27,6 +27,18 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
  * send buffer. */
 volatile const __u32 backlog_floor = WSPLICE_BACKLOG_FLOOR;
 
+/* Bytes passed to a spliced socket and not yet forwarded by userspace may
+ * exceed twice the socket's receive buffer by this much (the drain's read
+ * buffer, what TCP's window let in before it closed); set by the loader
+ * before load. Beyond that the passes are no longer held back by TCP:
+ * queued behind bytes redirected *to* this socket (its remote end does
+ * not read), they wait on the psock's own queue, which no socket
+ * accounting sees, and the window stays open. A sender that does not
+ * read its answers could then pin gigabytes of kernel memory; the
+ * connection is reset instead (seen on 6.18: 2 GB in 10 s from one
+ * client). */
+volatile const __u32 pass_slack = WSPLICE_PASS_SLACK;
+
 /* Room in the peer, as peer_room sees it. */
 enum room {
 	ROOM_OK = 0,	/* backlog under the limit: redirect */
@@ -94,6 +106,33 @@ static __always_inline int inbound_pending(__u64 *cookie, __u64 *peer_cookie)
 		pending = (__s32)(pst->peer_seq_goal - tp->write_seq) > 0;
 	bpf_sk_release(sk);
 	return pending;
+}
+
+/* over_pass_limit tells whether passing len more bytes would take the
+ * socket's passed-but-unforwarded bytes past 2 * sk_rcvbuf + pass_slack
+ * (see pass_slack). The socket lookup only runs past the slack alone. */
+static __always_inline int over_pass_limit(__u64 *cookie, struct conn_ctl *ctl,
+					   struct conn_stats *st, __u32 len)
+{
+	__u64 backlog = st->passed + len - ctl->consumed;
+	struct tcp_sock___ws *tp;
+	struct bpf_sock *sk;
+	__u64 limit = 0;
+
+	if (backlog <= pass_slack)
+		return 0;
+	sk = bpf_map_lookup_elem(&sock_hash, cookie);
+	if (!sk)
+		return 0;
+	tp = (struct tcp_sock___ws *)bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		struct sock___ws *s = (struct sock___ws *)tp;
+		int rcvbuf = s->sk_rcvbuf;
+
+		limit = 2 * (__u64)(rcvbuf > 0 ? rcvbuf : 0) + pass_slack;
+	}
+	bpf_sk_release(sk);
+	return limit && backlog > limit;
 }
 
 static __always_inline void announce_pass(__u64 cookie, struct conn_ctl *ctl,
@@ -221,7 +260,7 @@ int wsplice_verdict(struct __sk_buff *skb)
 		return SK_DROP;
 	ret = trim_overlap(skb, st, len);
 	if (ret < 0) {
-		st->broken = 1;
+		st->broken = WSPLICE_BROKEN_OVERLAP;
 		announce_broken(cookie);
 		return SK_DROP;
 	}
@@ -229,8 +268,14 @@ int wsplice_verdict(struct __sk_buff *skb)
 		return SK_DROP;
 	len = ret;
 
-	if (!ctl || ctl->mode != WSPLICE_MODE_REDIRECT)
+	if (!ctl)
 		goto pass;
+	if (ctl->mode != WSPLICE_MODE_REDIRECT) {
+		/* A direction left to userspace for good. */
+		if (over_pass_limit(&cookie, ctl, st, len))
+			goto overflow;
+		goto pass;
+	}
 	/* Bytes passed earlier are still waiting for userspace: keep
 	 * passing until it has forwarded them all, or order breaks. */
 	if (ctl->consumed != st->passed)
@@ -257,6 +302,8 @@ int wsplice_verdict(struct __sk_buff *skb)
 	return bpf_sk_redirect_hash(skb, &sock_hash, &ctl->peer, 0);
 
 pass_notify:
+	if (over_pass_limit(&cookie, ctl, st, len))
+		goto overflow;
 	/* Counted before the notice: userspace reading the counters after
 	 * the notice (the ring buffer commit orders them) finds the bytes
 	 * to drain, so no notice is ever spent on a count it cannot see. */
@@ -268,4 +315,8 @@ pass:
 	st->redirecting = 0;
 	st->passed += len;
 	return SK_PASS;
+overflow:
+	st->broken = WSPLICE_BROKEN_OVERFLOW;
+	announce_broken(cookie);
+	return SK_DROP;
 }

@@ -16,6 +16,49 @@ const kickHeld = 1 << 31
 // errPairClosed stops a drain whose pair was closed under it.
 var errPairClosed = errors.New("pair closed")
 
+// sideError ends a drain's wait: one of the pair's sockets failed (a
+// reset). Epoll does not report it: a socket's one-shot registration is
+// disarmed while a drain owns it.
+type sideError struct {
+	sk  *sock
+	err error
+}
+
+func (e *sideError) Error() string { return "spliced socket failed: " + e.err.Error() }
+func (e *sideError) Unwrap() error { return e.err }
+
+// waitCheck is how long a drain waits on a peer before it checks both
+// sockets for an error, and then between two checks.
+const waitCheck = 100 * time.Millisecond
+
+// failedSide returns whichever of a and b has a pending socket error (nil
+// for none). Reading SO_ERROR clears it: the caller resets the pair.
+func failedSide(a, b *sock) (*sock, error) {
+	for _, sk := range [...]*sock{a, b} {
+		if sk == nil {
+			continue
+		}
+		if err := sockError(sk.fd); err != nil {
+			return sk, err
+		}
+	}
+	return nil, nil
+}
+
+// failWait ends a drain whose wait or write on dst failed: nothing to do
+// for a pair already closed; a failed socket has its peer reset; any
+// other error resets dst's peer.
+func (s *Splicer) failWait(p *pair, dst *sock, err error) {
+	var se *sideError
+	switch {
+	case errors.Is(err, errPairClosed):
+	case errors.As(err, &se):
+		s.abort(p, se.sk)
+	case !p.isClosed():
+		s.abort(p, dst)
+	}
+}
+
 // kick reacts to an event on a spliced socket: a pass notice from the
 // verdict (events == 0), or FIN/error/hang-up from epoll. At most one
 // drain goroutine reads a socket at a time.
@@ -148,7 +191,8 @@ func (s *Splicer) drain(src *sock) {
 			// outstanding the verdict only passes, so st.Redirected
 			// cannot grow, and a later snapshot could count passes
 			// that came after redirects this one does not cover.
-			if err := s.waitGiven(p, dst, st.Redirected); err != nil {
+			if err := s.waitGiven(p, src, dst, st.Redirected); err != nil {
+				s.failWait(p, dst, err)
 				return
 			}
 		}
@@ -244,10 +288,8 @@ func (s *Splicer) drain(src *sock) {
 			}
 			return
 		}
-		if err := s.writeAll(p, dst.fd, buf[:n]); err != nil {
-			if !errors.Is(err, errPairClosed) {
-				s.abort(p, dst)
-			}
+		if err := s.writeAll(p, src, dst.fd, buf[:n]); err != nil {
+			s.failWait(p, dst, err)
 			return
 		}
 		src.consumed += uint64(n)
@@ -329,7 +371,8 @@ func (s *Splicer) finish(src *sock) bool {
 	}
 	// Every byte src received has been verdicted, so st.Redirected is
 	// final: wait for the peer to hold it all.
-	if err := s.waitGiven(p, dst, st.Redirected); err != nil {
+	if err := s.waitGiven(p, src, dst, st.Redirected); err != nil {
+		s.failWait(p, dst, err)
 		return true
 	}
 	s.passFIN(src)
@@ -399,12 +442,21 @@ func (s *Splicer) passFIN(src *sock) {
 // userspace no new redirect does either. Seen on 6.18 as a stress test
 // stalled for good with ~1 MiB in the psock queue and the peer idle. So
 // when dst takes nothing between two looks, kickWriter pokes it.
-func (s *Splicer) waitGiven(p *pair, dst *sock, redirected uint64) error {
+//
+// It returns a sideError if src or dst fails (is reset) meanwhile.
+func (s *Splicer) waitGiven(p *pair, src, dst *sock, redirected uint64) error {
 	backoff := 20 * time.Microsecond
 	var last uint64
+	check := time.Now().Add(waitCheck)
 	for {
 		if p.isClosed() {
 			return errPairClosed
+		}
+		if time.Now().After(check) {
+			if sk, err := failedSide(src, dst); sk != nil {
+				return &sideError{sk: sk, err: err}
+			}
+			check = time.Now().Add(waitCheck)
 		}
 		given, err := bytesGivenAtLeast(dst.fd)
 		if err != nil {
@@ -485,8 +537,10 @@ func tcpInfo(fd int) (unix.TCPInfo, error) {
 	return ti, nil
 }
 
-// writeAll writes b to a non-blocking socket, waiting while it is full.
-func (s *Splicer) writeAll(p *pair, fd int, b []byte) error {
+// writeAll writes b to a non-blocking socket, waiting while it is full;
+// while it waits it checks src (the socket b came from, nil for none) for
+// an error, returned as a sideError.
+func (s *Splicer) writeAll(p *pair, src *sock, fd int, b []byte) error {
 	for len(b) > 0 {
 		n, err := unix.Write(fd, b)
 		if n > 0 {
@@ -499,8 +553,11 @@ func (s *Splicer) writeAll(p *pair, fd int, b []byte) error {
 				return errPairClosed
 			}
 			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-			if n, _ := unix.Poll(pfd, 100); n == 0 {
+			if n, _ := unix.Poll(pfd, int(waitCheck/time.Millisecond)); n == 0 {
 				keepAcksFlowing(fd)
+				if sk, err := failedSide(src, nil); sk != nil {
+					return &sideError{sk: sk, err: err}
+				}
 			}
 		default:
 			return err

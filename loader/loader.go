@@ -36,7 +36,20 @@ type Options struct {
 	// verdict passes to userspace; a peer's larger send buffer raises it.
 	// 0 means DefaultBacklogFloor.
 	BacklogFloor uint32
+	// PassSlack is how far bytes passed to a spliced socket and not yet
+	// forwarded may go past twice its receive buffer before the pair is
+	// reset (a side that sends without reading its answers; see
+	// bpf/wsplice.c). 0 means DefaultPassSlack.
+	PassSlack uint32
 }
+
+// DefaultPassSlack is what a side may send beyond twice its socket's
+// receive buffer while its answers wait unread (the kernel then holds it
+// all, unaccounted: see bpf/wsplice.c) before the pair is reset. A client
+// that writes 64 MiB in one go while it reads the echo concurrently
+// (TestSpliceHalfCloseWhileEchoing) stays under it; one that never reads
+// is stopped there instead of at the machine's memory.
+const DefaultPassSlack = 64 << 20
 
 // DefaultBacklogFloor keeps bulk flows in the kernel when the kworker that
 // carries redirects runs late, and bounds what a reader that stalls can
@@ -71,6 +84,7 @@ type Splicer struct {
 	bytesUser      atomic.Uint64
 	bytesKernel    atomic.Uint64 // redirected bytes of sockets already gone
 	overlapTrimmed atomic.Uint64 // retransmitted bytes cut by the verdict, of sockets gone
+	overflowResets atomic.Uint64 // pairs reset past the pass limit (pass_slack)
 	idleClosed     atomic.Uint64
 	idleTimeout    atomic.Int64 // time.Duration for pairs spliced from now on
 }
@@ -104,6 +118,13 @@ func New(log zerolog.Logger, opts Options) (_ *Splicer, err error) {
 	}
 	if err := spec.Variables["backlog_floor"].Set(floor); err != nil {
 		return nil, fmt.Errorf("set backlog_floor: %w", err)
+	}
+	slack := opts.PassSlack
+	if slack == 0 {
+		slack = DefaultPassSlack
+	}
+	if err := spec.Variables["pass_slack"].Set(slack); err != nil {
+		return nil, fmt.Errorf("set pass_slack: %w", err)
 	}
 	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
@@ -189,6 +210,7 @@ func (s *Splicer) Stats() dataplane.Stats {
 		BytesUserspace: s.bytesUser.Load(),
 		BytesKernel:    s.bytesKernel.Load(),
 		OverlapTrimmed: s.overlapTrimmed.Load(),
+		OverflowResets: s.overflowResets.Load(),
 		IdleClosed:     s.idleClosed.Load(),
 	}
 	var (
@@ -218,6 +240,10 @@ func (s *Splicer) Stats() dataplane.Stats {
 // (enum wsplice_event in bpf/consts.h).
 const eventBroken = 1
 
+// brokenOverflow is conn_stats.broken for a socket whose passed bytes
+// outgrew what TCP holds back (enum wsplice_broken in bpf/consts.h).
+const brokenOverflow = 2
+
 // eventLoop reads the verdict's notices that a spliced socket has started
 // passing bytes, and starts draining that socket.
 func (s *Splicer) eventLoop() {
@@ -241,7 +267,13 @@ func (s *Splicer) eventLoop() {
 		switch {
 		case sk == nil:
 		case broken:
-			s.log.Error().Uint64("cookie", cookie).Msg("a retransmitted segment overlapped more than the verdict can cut; resetting the connection rather than corrupting it")
+			if st, err := s.stats(cookie); err == nil && st.Broken == brokenOverflow {
+				s.overflowResets.Add(1)
+				s.log.Warn().Uint64("cookie", cookie).Uint64("passed", st.Passed).
+					Msg("a side kept sending while its answers went unread, past what the kernel path can hold back; resetting the connection rather than buffering without bound")
+			} else {
+				s.log.Error().Uint64("cookie", cookie).Msg("a retransmitted segment overlapped more than the verdict can cut; resetting the connection rather than corrupting it")
+			}
 			s.resetBroken(sk)
 		case sk.pair != nil:
 			s.kick(sk, 0)

@@ -514,7 +514,7 @@ func (s *Splicer) SpliceFD(client, backend dataplane.RawSock, toClient []byte, o
 		backendRead:    backend.Read,
 		backendWritten: backend.Written,
 		writeClient: func(p *pair, b []byte) (int64, error) {
-			if err := s.writeAll(p, client.FD, b); err != nil {
+			if err := s.writeAll(p, nil, client.FD, b); err != nil {
 				return 0, err
 			}
 			return client.Written + int64(len(b)), nil

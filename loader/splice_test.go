@@ -37,8 +37,13 @@ func requirePriv(t testing.TB) {
 
 func newSplicer(t testing.TB) *Splicer {
 	t.Helper()
+	return newSplicerOpts(t, Options{})
+}
+
+func newSplicerOpts(t testing.TB, opts Options) *Splicer {
+	t.Helper()
 	requirePriv(t)
-	s, err := New(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), Options{})
+	s, err := New(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), opts)
 	if err != nil {
 		t.Fatalf("load kernel path: %+v", err)
 	}
@@ -934,4 +939,44 @@ func TestSpliceSlowReaderBothWays(t *testing.T) {
 		t.Error(err)
 	}
 	t.Logf("longest wait between reads: %v; stats %+v", longest, s.Stats())
+}
+
+// A client that writes into an echo and never reads the answers: past the
+// kernel's send queues, everything it sends would wait in the kernel,
+// unaccounted, with TCP's window open (2 GB in 10 s on 6.18), so past the
+// pass limit the pair is reset: the client's writes fail and the memory
+// comes back.
+func TestSpliceSenderNeverReads(t *testing.T) {
+	s := newSplicerOpts(t, Options{PassSlack: 4 << 20})
+	h := newHarness(t, s, backendServer(t, "OK\n", echo))
+	c, r := dialHarness(t, h, nil)
+	if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
+		t.Fatalf("greeting %q %v", line, err)
+	}
+	before := memAvailable(t)
+	chunk := pattern(64<<10, 7)
+	_ = c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	var sent int64
+	var werr error
+	for sent < 1<<30 {
+		n, err := c.Write(chunk)
+		sent += int64(n)
+		if err != nil {
+			werr = err
+			break
+		}
+	}
+	if werr == nil || errors.Is(werr, os.ErrDeadlineExceeded) {
+		t.Fatalf("sent %d MiB without a reset (%v); stats %+v", sent>>20, werr, s.Stats())
+	}
+	t.Logf("reset after %d MiB sent: %v", sent>>20, werr)
+	if sent > 256<<20 {
+		t.Errorf("the kernel took %d MiB before the reset", sent>>20)
+	}
+	waitStats(t, s, func(st dataplane.Stats) bool { return st.OverflowResets == 1 && st.Spliced == 0 })
+	c.Close()
+	time.Sleep(500 * time.Millisecond) // psocks are freed after an RCU grace period
+	if drop := before - memAvailable(t); drop > 128<<20 {
+		t.Errorf("MemAvailable still %d MiB lower after the reset", drop>>20)
+	}
 }

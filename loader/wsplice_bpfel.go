@@ -45,6 +45,7 @@ const (
 	wspliceMapStatsMap        = "stats_map"
 	wspliceProgWspliceVerdict = "wsplice_verdict"
 	wspliceVarBacklogFloor    = "backlog_floor"
+	wspliceVarPassSlack       = "pass_slack"
 )
 
 // loadWsplice returns the embedded CollectionSpec for wsplice.
@@ -107,6 +108,7 @@ type wspliceMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type wspliceVariableSpecs struct {
 	BacklogFloor *ebpf.VariableSpec `ebpf:"backlog_floor"`
+	PassSlack    *ebpf.VariableSpec `ebpf:"pass_slack"`
 }
 
 // wspliceObjects contains all objects after they have been loaded into the kernel.
@@ -149,6 +151,7 @@ func (m *wspliceMaps) Close() error {
 // It can be passed to loadWspliceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type wspliceVariables struct {
 	BacklogFloor *ebpf.Variable `ebpf:"backlog_floor"`
+	PassSlack    *ebpf.Variable `ebpf:"pass_slack"`
 }
 
 // wsplicePrograms contains all programs after they have been loaded into the kernel.

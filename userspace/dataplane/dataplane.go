@@ -76,6 +76,10 @@ type Stats struct {
 	OverlapTrimmed uint64 `json:"overlap_trimmed"`
 	// IdleClosed counts pairs closed by the idle timeout.
 	IdleClosed uint64 `json:"idle_closed"`
+	// OverflowResets counts pairs reset because one side kept sending
+	// while its answers went unread, past what the kernel path can hold
+	// back (sockmap only; see bpf/wsplice.c pass_slack).
+	OverflowResets uint64 `json:"overflow_resets"`
 }
 
 // Conn is an adopted TCP connection with exact counts of the bytes the
