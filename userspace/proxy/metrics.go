@@ -329,11 +329,13 @@ type dataplaneCollector struct{ p *Proxy }
 var (
 	dpSplicedDesc = prometheus.NewDesc("wsplice_dataplane_spliced_pairs", "Pairs spliced right now, as the data plane counts them.", []string{"dataplane"}, nil)
 	dpBytesDesc   = prometheus.NewDesc("wsplice_dataplane_bytes_total", "Bytes the data plane moved after splicing, by who moved them (kernel: sockmap redirect; userspace).", []string{"dataplane", "mover"}, nil)
+	dpClosedDesc  = prometheus.NewDesc("wsplice_dataplane_pairs_closed_total", "Spliced pairs the data plane closed itself, by reason (idle_timeout; overflow: reset because a side kept sending while its answers went unread, past what the kernel path holds back).", []string{"dataplane", "reason"}, nil)
 )
 
 func (d *dataplaneCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- dpSplicedDesc
 	ch <- dpBytesDesc
+	ch <- dpClosedDesc
 }
 
 func (d *dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
@@ -341,6 +343,8 @@ func (d *dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(dpSplicedDesc, prometheus.GaugeValue, float64(st.Spliced), st.Dataplane)
 	ch <- prometheus.MustNewConstMetric(dpBytesDesc, prometheus.CounterValue, float64(st.BytesKernel), st.Dataplane, "kernel")
 	ch <- prometheus.MustNewConstMetric(dpBytesDesc, prometheus.CounterValue, float64(st.BytesUserspace), st.Dataplane, "userspace")
+	ch <- prometheus.MustNewConstMetric(dpClosedDesc, prometheus.CounterValue, float64(st.IdleClosed), st.Dataplane, "idle_timeout")
+	ch <- prometheus.MustNewConstMetric(dpClosedDesc, prometheus.CounterValue, float64(st.OverflowResets), st.Dataplane, "overflow")
 }
 
 // SetBackendStates sets the function the wsplice_backend_up metric reads
