@@ -196,14 +196,7 @@ func (cc *clientConn) serveOne() bool {
 
 // fail answers with a short text error and closes the connection.
 func (cc *clientConn) fail(status int, msg string, extra http1.Header) {
-	body := msg + "\n"
-	b := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n",
-		status, http.StatusText(status), len(body))
-	for _, f := range extra {
-		b = fmt.Appendf(b, "%s: %s\r\n", f.Name, f.Value)
-	}
-	b = append(b, "\r\n"...)
-	b = append(b, body...)
+	b := errorAnswer(status, msg, extra)
 	cc.wmu.Lock()
 	cc.responded = true
 	cc.wmu.Unlock()
@@ -212,6 +205,19 @@ func (cc *clientConn) fail(status int, msg string, extra http1.Header) {
 		return
 	}
 	cc.lingerClose()
+}
+
+// errorAnswer is wsplice's own error response: status, msg as a text
+// body, Connection: close, and the extra fields.
+func errorAnswer(status int, msg string, extra http1.Header) []byte {
+	body := msg + "\n"
+	b := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n",
+		status, http.StatusText(status), len(body))
+	for _, f := range extra {
+		b = fmt.Appendf(b, "%s: %s\r\n", f.Name, f.Value)
+	}
+	b = append(b, "\r\n"...)
+	return append(b, body...)
 }
 
 // lingerClose sends FIN and drains what the client still sends, briefly,

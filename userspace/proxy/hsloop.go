@@ -187,6 +187,11 @@ func (p *Proxy) rawAcceptLoop(f *os.File, listener string, l *hsLoop) {
 		var aerr error
 		err := rc.Read(func(lfd uintptr) bool {
 			fd, ip, aerr = accept4(int(lfd))
+			if fdExhausted(aerr) && !listenerReadable(int(lfd)) {
+				// At the fd limit accept fails even with no client
+				// waiting: wait for one (then accept, or turn it away).
+				return false
+			}
 			return !errors.Is(aerr, unix.EAGAIN)
 		})
 		if err != nil {
@@ -197,6 +202,9 @@ func (p *Proxy) rawAcceptLoop(f *os.File, listener string, l *hsLoop) {
 		}
 		if aerr != nil {
 			if errors.Is(aerr, unix.ECONNABORTED) || errors.Is(aerr, unix.EINTR) {
+				continue
+			}
+			if fdExhausted(aerr) && p.shedRaw(rc.Read, kindHTTP, listener) {
 				continue
 			}
 			backoff = p.acceptBackoff(backoff, aerr)
@@ -432,6 +440,13 @@ func (h *rawHS) connectFailed(err error) {
 	h.lease.Release()
 	h.lease = nil
 	cerr := &connectError{err}
+	if localResourceError(err) && !aborted {
+		// Out of fds here, handing the client to Go (a duplicate fd)
+		// would fail too: answer from the loop.
+		p.log.Warn().Err(err).Msg("websocket handshake failed: out of local resources")
+		h.answerRaw(503, errLocalResources, http1.Header{{Name: "Retry-After", Value: retryAfter}})
+		return
+	}
 	if !aborted {
 		p.reportConnect(be, cerr)
 		p.log.Warn().Err(err).Str("backend", be.Addr()).Int("attempt", len(h.tried)+1).Msg("backend connect failed")
@@ -687,7 +702,16 @@ func (h *rawHS) splice(resp *http1.ResponseHead, used int) {
 	// From here a drain deadline closes the pair (as connectBackend's).
 	h.lease.SetCloser(h.track.close)
 	h.track.splicing(h.lease)
-	if err := h.l.raw.SpliceFD(client, bk, toClient, h.track); err != nil {
+	var err error
+	if _, converts := h.l.raw.(*dataplane.Userspace); converts {
+		// It turns both fds into Go conns (net.FileConn: a duplicate
+		// for a moment each): at the fd limit that would close the
+		// client before its 101. The reserve lends the one fd.
+		p.fds.lend(func() { err = h.l.raw.SpliceFD(client, bk, toClient, h.track) })
+	} else {
+		err = h.l.raw.SpliceFD(client, bk, toClient, h.track)
+	}
+	if err != nil {
 		h.track.PairEnded(dataplane.PairCounts{}) // releases the lease
 		p.handshakeErrors.Add(1)
 		p.metrics.handshakeDone(0, h.start)
@@ -738,6 +762,27 @@ func (h *rawHS) abort() {
 	if h.bk.FD >= 0 {
 		_ = unix.Shutdown(h.bk.FD, unix.SHUT_RDWR)
 	}
+}
+
+// answerRaw answers the client with wsplice's own error from the loop
+// (a non-blocking write: the answer fits in the socket's buffer) and ends
+// the handshake, as clientConn does when it cannot hand over.
+func (h *rawHS) answerRaw(status int, msg string, extra http1.Header) {
+	p := h.p
+	h.mu.Lock()
+	aborted := h.done
+	h.done = true
+	h.mu.Unlock()
+	if !aborted {
+		_, _ = unix.Write(h.client.FD, errorAnswer(status, msg, extra))
+		_ = unix.Shutdown(h.client.FD, unix.SHUT_WR)
+		p.handshakeErrors.Add(1)
+		p.metrics.handshakeDone(status, h.start)
+	}
+	h.l.raw.ReleaseFD(h.client)
+	h.track.release()
+	p.connections.Add(-1)
+	p.wg.Done()
 }
 
 // clientConn hands the client socket to Go's net package; nil if the

@@ -61,6 +61,7 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 	breq := cc.backendRequest(req)
 	body := cc.requestBody(req)
 	var tried []*backend.Backend
+	var lastErr error // of the last failed connect
 	var lease *backend.Lease
 	var resp *http.Response
 	for {
@@ -68,7 +69,9 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 		lease, err = p.pool.Acquire(breq, tried)
 		if err != nil {
 			body.finish(cc)
-			if len(tried) > 0 {
+			if localResourceError(lastErr) {
+				cc.fail(503, errLocalResources, http1.Header{{Name: "Retry-After", Value: retryAfter}})
+			} else if len(tried) > 0 {
 				cc.fail(502, "backend unreachable", nil)
 			} else {
 				cc.fail(503, "no backend available", nil)
@@ -103,6 +106,7 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 			if !body.touched() && p.force.Err() == nil {
 				p.log.Warn().Err(err).Str("backend", be.Addr()).Int("attempt", len(tried)+1).Msg("backend connect failed")
 				tried = append(tried, be)
+				lastErr = err
 				continue
 			}
 		}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"golang.org/x/sys/unix"
 	"net"
 	"net/http"
 
@@ -66,11 +67,28 @@ func (p *Proxy) dialPlain(ctx context.Context, network, addr string) (net.Conn, 
 // reportConnect feeds a connect result to passive health marking, unless
 // the failure is ours (shutdown cancelled the dial).
 func (p *Proxy) reportConnect(b *backend.Backend, err error) {
-	if err != nil && p.force.Err() != nil {
+	if err != nil && (p.force.Err() != nil || localResourceError(err)) {
 		return
 	}
 	p.pool.ReportConnect(b, err)
 }
+
+// localResourceError tells whether a connect failed for want of a
+// resource of this host (file descriptors, memory, local ports): not the
+// backend's fault, so it counts against no backend's health, and the
+// client gets 503 (try again) rather than 502.
+func localResourceError(err error) bool {
+	for _, e := range []error{unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.EADDRNOTAVAIL} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// errLocalResources is the 503 body for a connect that failed for want
+// of a local resource.
+const errLocalResources = "proxy out of local resources (file descriptors, memory or ports)"
 
 // connectBackend picks a backend for cc and connects to it; when a connect
 // fails it tries another backend, each at most once. It returns the lease
@@ -85,6 +103,9 @@ func (cc *clientConn) connectBackend(req *backend.Request) (*backend.Lease, *dat
 		l, err := p.pool.Acquire(req, tried)
 		if err != nil {
 			if lastErr != nil {
+				if localResourceError(lastErr) {
+					return nil, nil, 503, lastErr
+				}
 				return nil, nil, 502, lastErr
 			}
 			return nil, nil, 503, err

@@ -91,7 +91,9 @@ type Proxy struct {
 	// rejecting bounds the goroutines answering refused HTTP clients;
 	// past it they are closed without an answer.
 	rejecting chan struct{}
-	metrics   *metrics
+	// fds is the fd held in reserve for the fd limit (fdlimit.go).
+	fds     fdReserve
+	metrics *metrics
 	// splicedLive counts pairs handed to the data plane and not ended,
 	// for the drain at shutdown.
 	splicedLive atomic.Int64
@@ -360,6 +362,7 @@ func Run(ctx context.Context, cfg Config, dp dataplane.Dataplane, log zerolog.Lo
 // closes. The admin server answers until the drain is over. Serve must be
 // called once.
 func (p *Proxy) Serve(ctx context.Context) error {
+	p.fds.fill()
 	var listeners, tlsListeners, tcpListeners, tcpTLSListeners []string
 	for i, ln := range p.lns {
 		a := ln.Addr().String()
@@ -455,6 +458,7 @@ func (p *Proxy) shutdown() {
 	for _, ln := range p.lns {
 		_ = ln.Close()
 	}
+	p.fds.close()
 	for _, f := range p.rawLns {
 		if f != nil {
 			_ = f.Close()
@@ -542,8 +546,14 @@ func (p *Proxy) acceptLoop(ln *net.TCPListener, kind listenerKind) {
 			if p.shuttingDown.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			backoff = p.acceptBackoff(backoff, err)
-			continue
+			if !fdExhausted(err) {
+				backoff = p.acceptBackoff(backoff, err)
+				continue
+			}
+			var ok bool
+			if c, ok = p.fdLimitAccept(ln, kind, listener); !ok || c == nil {
+				continue // turned away (or closed: AcceptTCP says so next)
+			}
 		}
 		backoff = 0
 		ticket, reason := p.limiter.Admit(addrIP(c.RemoteAddr()))

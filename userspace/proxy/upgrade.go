@@ -67,9 +67,13 @@ func (cc *clientConn) upgradeCounted(req *http1.RequestHead, start time.Time) bo
 	breq := cc.backendRequest(req)
 	lease, bconn, status, err := cc.connectBackend(breq)
 	if err != nil {
-		if status == 503 {
+		switch {
+		case localResourceError(err):
+			p.log.Warn().Err(err).Msg("websocket handshake failed: out of local resources")
+			res.reject(503, errLocalResources, http1.Header{{Name: "Retry-After", Value: retryAfter}})
+		case status == 503:
 			res.reject(503, "no backend available", nil)
-		} else {
+		default:
 			p.log.Warn().Err(err).Msg("websocket handshake failed: no backend reachable")
 			res.reject(502, "backend unreachable", nil)
 		}
