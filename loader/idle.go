@@ -39,14 +39,40 @@ func (p *pair) IdleFor() (time.Duration, bool) {
 	return time.Duration(monoNow() - last), true
 }
 
-// IdleExpire implements dataplane.Idler.
+// IdleExpire implements dataplane.Idler. A pair with bytes still on their
+// way (the slow path holding or waiting on some, or redirected bytes the
+// peer has not taken: the psock queue, which closing drops) is reset: a
+// FIN after a cut stream would pass for a clean end.
 func (p *pair) IdleExpire(idle time.Duration) {
 	s := p.s
-	if s.log.Debug().Enabled() {
-		s.log.Debug().Dur("idle", idle).Msg("idle timeout: closing spliced pair")
-	}
 	s.idleClosed.Add(1)
-	s.closePair(p, false)
+	p.mu.Lock()
+	lose := false
+	if !p.closed {
+		lose = p.users > 0 || p.socks[0].draining || p.socks[1].draining
+		for _, src := range p.socks {
+			if lose {
+				break
+			}
+			dst := src.peer
+			st, err := s.stats(src.cookie)
+			if err != nil {
+				break
+			}
+			given, err := bytesGivenAtLeast(dst.fd)
+			lose = err == nil && (st.Passed != src.consumed || given < dst.givenBase+dst.written+st.Redirected)
+		}
+		if lose {
+			for _, sk := range p.socks {
+				_ = unix.SetsockoptLinger(sk.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			}
+		}
+	}
+	p.mu.Unlock()
+	if s.log.Debug().Enabled() {
+		s.log.Debug().Dur("idle", idle).Bool("reset", lose).Msg("idle timeout: closing spliced pair")
+	}
+	s.closePair(p, lose)
 }
 
 // monoNow reads CLOCK_MONOTONIC in nanoseconds, the clock of

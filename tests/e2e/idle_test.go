@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -122,5 +123,42 @@ func TestIdleTimeout(t *testing.T) {
 		if st := d.stats(t); st.IdleClosed < 2 {
 			t.Errorf("idle_closed = %d, want >= 2 (the idle WebSocket and the L4 connection)", st.IdleClosed)
 		}
+	})
+}
+
+// TestIdleTimeoutInFlight: a client that stops reading while its backend
+// pushes goes idle with bytes still inside the balancer; the idle timeout
+// must then reset the connection, not end it with a FIN that would pass a
+// cut stream off as a clean end.
+func TestIdleTimeoutInFlight(t *testing.T) {
+	const push = 32 << 20
+	e := newEnv(t)
+	forEachDataplane(t, func(t *testing.T, dp string) {
+		d := e.startDaemon(t, dp, "--idle-timeout", "1s")
+		ws, _ := d.dialWS(t, fmt.Sprintf("/push?push=%d&id=inflight-%s", push, dp))
+		time.Sleep(3 * time.Second) // read nothing: the pair goes idle, full
+		d.waitStats(t, 5*time.Second, "the idle pair closed", func(s stats) bool { return s.IdleClosed == 1 && s.Spliced == 0 })
+		ws.SetReadDeadline(time.Now().Add(30 * time.Second))
+		var got int64
+		var err error
+		for {
+			var r io.Reader
+			if _, r, err = ws.NextReader(); err != nil {
+				break
+			}
+			var n int64
+			n, err = io.Copy(io.Discard, r)
+			got += n
+			if err != nil {
+				break
+			}
+		}
+		if got >= push {
+			t.Skipf("all %d bytes reached the client before the timeout: nothing was in flight", got)
+		}
+		if !strings.Contains(err.Error(), "reset") {
+			t.Fatalf("after %d of %d bytes the stream ended with %v, want a reset (bytes were lost)", got, push, err)
+		}
+		t.Logf("reset after %d of %d bytes: %v", got, push, err)
 	})
 }

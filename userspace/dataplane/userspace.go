@@ -96,6 +96,10 @@ type pair struct {
 	// monotonic clock (monoNow); the idle queue watches it.
 	lastActive atomic.Int64
 	idle       IdleEntry
+	// writing counts copiers holding bytes read and not yet written (a
+	// write waiting on a peer that does not read): closing then loses
+	// them, so the idle timeout resets instead of sending FIN.
+	writing atomic.Int32
 }
 
 // moved counts n bytes moved towards dst.
@@ -127,10 +131,16 @@ func (p *pair) IdleFor() (time.Duration, bool) {
 }
 
 func (p *pair) IdleExpire(idle time.Duration) {
+	lose := p.writing.Load() > 0
 	if p.u.log.Debug().Enabled() {
-		p.u.log.Debug().Dur("idle", idle).Msg("idle timeout: closing spliced pair")
+		p.u.log.Debug().Dur("idle", idle).Bool("reset", lose).Msg("idle timeout: closing spliced pair")
 	}
 	p.u.idleClosed.Add(1)
+	if lose {
+		// A FIN after a cut stream would pass for a clean end.
+		p.abort()
+		return
+	}
 	p.closeBoth()
 }
 
@@ -261,7 +271,9 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 			var n int
 			var bp *[]byte
 			if bp, n, err = readSome(raw); n > 0 {
+				p.writing.Add(1)
 				m, werr := dst.TCPConn.Write((*bp)[:n])
+				p.writing.Add(-1)
 				count(int64(m))
 				if werr != nil && err == nil {
 					err = werr
@@ -288,7 +300,9 @@ func (u *Userspace) copier(p *pair, dst, src *Conn, dir string) {
 			avail = max(avail, 16<<10)
 		}
 		var n int64
+		p.writing.Add(1)
 		n, err = dst.TCPConn.ReadFrom(&io.LimitedReader{R: src.TCPConn, N: int64(min(avail, spliceChunk))})
+		p.writing.Add(-1)
 		count(n)
 		if n == 0 && err == nil {
 			break // EOF
