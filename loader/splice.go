@@ -251,6 +251,10 @@ func (s *Splicer) Splice(client, backend *dataplane.Conn, toClient []byte) error
 			if i == 1 {
 				unix.Close(fds[0])
 			}
+			if (errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)) && s.fallback != nil {
+				// At the fd limit: the fallback needs no duplicate.
+				return s.spliceFallback(client, backend, toClient)
+			}
 			s.Release(client)
 			s.Release(backend)
 			return fmt.Errorf("duplicate socket fd: %w", err)

@@ -195,69 +195,75 @@ func TestConnRate(t *testing.T) {
 func TestFDLimit(t *testing.T) {
 	e := newEnv(t)
 	forEachDataplane(t, func(t *testing.T, dp string) {
-		d := e.startDaemon(t, dp, "--health-fall", "1", "--health-interval", "1m")
-		base := d.stats(t).OpenFDs
-		// Room for a few pairs (two fds each) and nothing more.
-		lim := uint64(base + 24)
-		if err := unix.Prlimit(d.pid(), unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: lim, Max: lim}, nil); err != nil {
-			t.Fatalf("prlimit: %v", err)
+		for _, loop := range []string{"true", "false"} { // the accept loops of both designs
+			t.Run("handshake-loop="+loop, func(t *testing.T) { fdLimit(t, e, dp, loop) })
 		}
-		var open []*websocket.Conn
-		defer func() {
-			for _, ws := range open {
-				ws.Close()
-			}
-		}()
-		refused, closed := 0, 0
-		for i := 0; i < 40 && refused < 3; i++ {
-			start := time.Now()
-			ws, resp, err := d.dialer().Dial("ws://"+listenAddr+"/fill", nil)
-			took := time.Since(start)
-			switch {
-			case err == nil:
-				open = append(open, ws)
-				continue
-			case took > 2*time.Second:
-				t.Fatalf("connection %d at the fd limit: no answer for %v: %v", i, took.Round(time.Millisecond), err)
-			case resp != nil:
-				body, _ := io.ReadAll(resp.Body)
-				if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
-					t.Fatalf("past the fd limit: %s %q, want 503 with Retry-After", resp.Status, body)
-				}
-				if refused == 0 {
-					t.Logf("%d connections, then %s %q", len(open), resp.Status, strings.TrimSpace(string(body)))
-				}
-				refused++
-			default:
-				closed++
-			}
-		}
-		if len(open) == 0 || refused+closed == 0 {
-			t.Fatalf("%d connections opened, %d refused, %d closed (limit %d, %d fds at start)", len(open), refused, closed, lim, base)
-		}
-		if refused == 0 {
-			t.Errorf("no 503 at the fd limit, %d closes", closed)
-		}
-		t.Logf("%d refused with 503, %d closed without an answer", refused, closed)
+	})
+}
+
+func fdLimit(t *testing.T, e *env, dp, loop string) {
+	d := e.startDaemon(t, dp, "--health-fall", "1", "--health-interval", "1m", "--handshake-loop="+loop)
+	base := d.stats(t).OpenFDs
+	// Room for a few pairs (two fds each) and nothing more.
+	lim := uint64(base + 24)
+	if err := unix.Prlimit(d.pid(), unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: lim, Max: lim}, nil); err != nil {
+		t.Fatalf("prlimit: %v", err)
+	}
+	var open []*websocket.Conn
+	defer func() {
 		for _, ws := range open {
 			ws.Close()
 		}
-		open = nil
-		d.waitStats(t, 10*time.Second, "the pairs closed", func(s stats) bool { return s.Spliced == 0 && s.Connections == 0 })
-		for addr, b := range d.backends(t) {
-			if !b.Health.Healthy {
-				t.Errorf("backend %s marked down by the daemon's own fd shortage", addr)
+	}()
+	refused, closed := 0, 0
+	for i := 0; i < 40 && refused < 3; i++ {
+		start := time.Now()
+		ws, resp, err := d.dialer().Dial("ws://"+listenAddr+"/fill", nil)
+		took := time.Since(start)
+		switch {
+		case err == nil:
+			open = append(open, ws)
+			continue
+		case took > 2*time.Second:
+			t.Fatalf("connection %d at the fd limit: no answer for %v: %v", i, took.Round(time.Millisecond), err)
+		case resp != nil:
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+				t.Fatalf("past the fd limit: %s %q, want 503 with Retry-After", resp.Status, body)
 			}
-		}
-		ws, resp, err := d.dialer().Dial("ws://"+listenAddr+"/after", nil)
-		if err != nil {
-			var b []byte
-			if resp != nil {
-				b, _ = io.ReadAll(resp.Body)
+			if refused == 0 {
+				t.Logf("%d connections, then %s %q", len(open), resp.Status, strings.TrimSpace(string(body)))
 			}
-			t.Fatalf("after the connections closed: %v %q", err, b)
+			refused++
+		default:
+			closed++
 		}
-		defer ws.Close()
-		echoOnce(t, ws, "served again")
-	})
+	}
+	if len(open) == 0 || refused+closed == 0 {
+		t.Fatalf("%d connections opened, %d refused, %d closed (limit %d, %d fds at start)", len(open), refused, closed, lim, base)
+	}
+	if refused == 0 {
+		t.Errorf("no 503 at the fd limit, %d closes", closed)
+	}
+	t.Logf("%d refused with 503, %d closed without an answer", refused, closed)
+	for _, ws := range open {
+		ws.Close()
+	}
+	open = nil
+	d.waitStats(t, 10*time.Second, "the pairs closed", func(s stats) bool { return s.Spliced == 0 && s.Connections == 0 })
+	for addr, b := range d.backends(t) {
+		if !b.Health.Healthy {
+			t.Errorf("backend %s marked down by the daemon's own fd shortage", addr)
+		}
+	}
+	ws, resp, err := d.dialer().Dial("ws://"+listenAddr+"/after", nil)
+	if err != nil {
+		var b []byte
+		if resp != nil {
+			b, _ = io.ReadAll(resp.Body)
+		}
+		t.Fatalf("after the connections closed: %v %q", err, b)
+	}
+	defer ws.Close()
+	echoOnce(t, ws, "served again")
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wsplice/wsplice/userspace/dataplane"
+	"github.com/wsplice/wsplice/userspace/http1"
 )
 
 // At the process's fd limit accept fails with EMFILE and the client waits
@@ -24,12 +26,12 @@ import (
 const reasonFDs = "fd_limit"
 
 // fdLimitAnswer is what an HTTP client gets at the fd limit.
-var fdLimitAnswer = []byte("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n" +
-	"Retry-After: " + retryAfter + "\r\nConnection: close\r\nContent-Length: 37\r\n\r\nproxy out of file descriptors (503)\r\n")
+var fdLimitAnswer = errorAnswer(503, "proxy out of file descriptors", http1.Header{{Name: "Retry-After", Value: retryAfter}})
 
 type fdReserve struct {
 	mu     sync.Mutex
 	f      *os.File
+	closed bool
 	logged atomic.Int64 // unix seconds of the last warning
 }
 
@@ -37,7 +39,7 @@ type fdReserve struct {
 func (r *fdReserve) fill() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.f == nil {
+	if r.f == nil && !r.closed {
 		r.f, _ = os.Open(os.DevNull)
 	}
 }
@@ -46,42 +48,62 @@ func (r *fdReserve) fill() {
 func (r *fdReserve) close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.closed = true
 	if r.f != nil {
 		_ = r.f.Close()
 		r.f = nil
 	}
 }
 
-// shed runs accept with the reserve fd released, then takes it again. It
-// reports false when there was no reserve to release (it could not be
-// taken back after the last shed: the fd freed by that client's close
-// went elsewhere); the caller then waits and retries as before.
-func (r *fdReserve) shed(accept func()) bool {
+// reserveTick is how often keepReserve takes the reserve back when a
+// shed or lend could not (another thread took the fd it freed).
+const reserveTick = 250 * time.Millisecond
+
+// keepReserve takes the reserve back as soon as an fd is free again:
+// without it, clients at the limit would wait unanswered again.
+func (p *Proxy) keepReserve(ctx context.Context) {
+	t := time.NewTicker(reserveTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			p.fds.fill()
+		}
+	}
+}
+
+// shed runs accept with the reserve fd released, then takes it back. It
+// reports false, without running accept, when there was none to release
+// (it could not be taken back after the last shed: the fd that client's
+// close freed went elsewhere); the caller then waits and retries.
+func (r *fdReserve) shed(accept func()) bool { return r.release(true, accept) }
+
+// lend runs f with the reserve fd released, for a step that needs one fd
+// more for a moment (net.FileConn's duplicate), then takes it back.
+func (r *fdReserve) lend(f func()) { r.release(false, f) }
+
+// release runs f with the reserve fd closed, then opens it again; with
+// need, only if there was one to close (or one could be opened: an fd
+// was free after all), and it reports whether f ran.
+func (r *fdReserve) release(need bool, f func()) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.f == nil {
+	if r.f == nil && need {
 		if r.f, _ = os.Open(os.DevNull); r.f == nil {
 			return false
 		}
 	}
-	_ = r.f.Close()
-	r.f = nil
-	accept()
-	r.f, _ = os.Open(os.DevNull)
-	return true
-}
-
-// lend runs f with the reserve fd released, for a step that needs one fd
-// more for a moment (net.FileConn's duplicate), then takes it back.
-func (r *fdReserve) lend(f func()) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.f != nil {
 		_ = r.f.Close()
 		r.f = nil
 	}
 	f()
-	r.f, _ = os.Open(os.DevNull)
+	if !r.closed {
+		r.f, _ = os.Open(os.DevNull)
+	}
+	return true
 }
 
 // fdExhausted tells whether an accept failed for want of fds.
@@ -103,19 +125,6 @@ func (p *Proxy) turnAwayFD(fd int, kind listenerKind, listener string) {
 	p.turnedAway(listener)
 }
 
-// turnAwayConn is turnAwayFD for a Go connection.
-func (p *Proxy) turnAwayConn(c *net.TCPConn, kind listenerKind, listener string) {
-	if kind == kindHTTP {
-		var buf [4096]byte
-		_ = c.SetReadDeadline(time.Now()) // what is there already, no wait
-		_, _ = c.Read(buf[:])
-		_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-		_, _ = c.Write(fdLimitAnswer)
-	}
-	_ = c.Close()
-	p.turnedAway(listener)
-}
-
 // turnedAway counts a client turned away at the fd limit, and warns at
 // most once a second.
 func (p *Proxy) turnedAway(listener string) {
@@ -127,11 +136,11 @@ func (p *Proxy) turnedAway(listener string) {
 }
 
 // listenerReadable tells whether a client is waiting in lfd's accept
-// queue (accept4 fails with EMFILE at the limit even when none is, so it
-// cannot tell).
-func listenerReadable(lfd int) bool {
+// queue, waiting at most wait for one (accept4 fails with EMFILE at the
+// limit even when none is, so it cannot tell).
+func listenerReadable(lfd int, wait time.Duration) bool {
 	pfd := []unix.PollFd{{Fd: int32(lfd), Events: unix.POLLIN}}
-	n, _ := unix.Poll(pfd, 0)
+	n, _ := unix.Poll(pfd, int(wait/time.Millisecond))
 	return n > 0
 }
 
@@ -154,9 +163,11 @@ func (p *Proxy) shedRaw(read func(func(uintptr) bool) error, kind listenerKind, 
 }
 
 // fdLimitAccept is the accept loop's answer to EMFILE on a Go listener:
-// it waits, the reserve held, until a client is waiting, then accepts it
-// if fds were freed meanwhile (returned to be served) or turns it away
-// (nil). ok is false when the listener failed (closed).
+// it waits (at most fdLimitWait, the reserve held) until a client is
+// waiting, then accepts it if fds were freed meanwhile (returned to be
+// served) or turns it away (nil). ok is false when the listener failed
+// (closed). A listener's RawConn cannot wait in Go's poller (its Read is
+// EINVAL, see rawListener): poll(2) waits instead, at the limit only.
 func (p *Proxy) fdLimitAccept(ln *net.TCPListener, kind listenerKind, listener string) (c *net.TCPConn, ok bool) {
 	rc, err := ln.SyscallConn()
 	if err != nil {
@@ -164,12 +175,10 @@ func (p *Proxy) fdLimitAccept(ln *net.TCPListener, kind listenerKind, listener s
 	}
 	fd := -1
 	var aerr error
-	if err := rc.Read(func(lfd uintptr) bool {
-		if !listenerReadable(int(lfd)) {
-			return false // wait for a client
+	if err := rc.Control(func(lfd uintptr) {
+		if listenerReadable(int(lfd), fdLimitWait) {
+			fd, _, aerr = accept4(int(lfd))
 		}
-		fd, _, aerr = accept4(int(lfd))
-		return true
 	}); err != nil {
 		return nil, false
 	}
@@ -182,9 +191,13 @@ func (p *Proxy) fdLimitAccept(ln *net.TCPListener, kind listenerKind, listener s
 		// The duplicate FileConn makes did not fit: FileConn closed fd.
 		return nil, true
 	case fdExhausted(aerr):
-		if !p.shedRaw(rc.Read, kind, listener) {
+		once := func(f func(uintptr) bool) error { return rc.Control(func(lfd uintptr) { f(lfd) }) }
+		if !p.shedRaw(once, kind, listener) {
 			time.Sleep(5 * time.Millisecond) // no reserve: wait for fds, as before
 		}
 	}
 	return nil, true
 }
+
+// fdLimitWait bounds one wait of fdLimitAccept for a client.
+const fdLimitWait = 100 * time.Millisecond

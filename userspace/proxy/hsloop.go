@@ -187,7 +187,7 @@ func (p *Proxy) rawAcceptLoop(f *os.File, listener string, l *hsLoop) {
 		var aerr error
 		err := rc.Read(func(lfd uintptr) bool {
 			fd, ip, aerr = accept4(int(lfd))
-			if fdExhausted(aerr) && !listenerReadable(int(lfd)) {
+			if fdExhausted(aerr) && !listenerReadable(int(lfd), 0) {
 				// At the fd limit accept fails even with no client
 				// waiting: wait for one (then accept, or turn it away).
 				return false

@@ -393,6 +393,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	}
 	p.pool.Start()
 	go p.trimAfterBursts(ctx)
+	go p.keepReserve(ctx)
 	if p.hsl != nil {
 		go p.hsl.run()
 	}
