@@ -59,7 +59,7 @@ func (p *pair) IdleExpire(idle time.Duration) {
 			if err != nil {
 				break
 			}
-			given, err := bytesGivenAtLeast(dst.fd)
+			given, err := bytesGiven(dst.fd) // exact: a short sum would reset a clean pair
 			lose = err == nil && (st.Passed != src.consumed || given < dst.givenBase+dst.written+st.Redirected)
 		}
 		if lose {
