@@ -232,6 +232,7 @@ func (s *Splicer) Stats() dataplane.Stats {
 		st.Spliced += fb.Spliced
 		st.SplicedTotal += fb.SplicedTotal
 		st.BytesUserspace += fb.BytesUserspace
+		st.IdleClosed += fb.IdleClosed // TLS pairs, and any the kernel path could not take
 	}
 	return st
 }

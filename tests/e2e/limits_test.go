@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -196,16 +197,20 @@ func TestFDLimit(t *testing.T) {
 	e := newEnv(t)
 	forEachDataplane(t, func(t *testing.T, dp string) {
 		for _, loop := range []string{"true", "false"} { // the accept loops of both designs
-			t.Run("handshake-loop="+loop, func(t *testing.T) { fdLimit(t, e, dp, loop) })
+			// With an even room the limit falls on an accept, with an
+			// odd one on a backend connect.
+			for _, room := range []int{24, 23} {
+				t.Run(fmt.Sprintf("handshake-loop=%s/room=%d", loop, room), func(t *testing.T) { fdLimit(t, e, dp, loop, room) })
+			}
 		}
 	})
 }
 
-func fdLimit(t *testing.T, e *env, dp, loop string) {
+func fdLimit(t *testing.T, e *env, dp, loop string, room int) {
 	d := e.startDaemon(t, dp, "--health-fall", "1", "--health-interval", "1m", "--handshake-loop="+loop)
 	base := d.stats(t).OpenFDs
 	// Room for a few pairs (two fds each) and nothing more.
-	lim := uint64(base + 24)
+	lim := uint64(base + room)
 	if err := unix.Prlimit(d.pid(), unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: lim, Max: lim}, nil); err != nil {
 		t.Fatalf("prlimit: %v", err)
 	}
@@ -255,6 +260,9 @@ func fdLimit(t *testing.T, e *env, dp, loop string) {
 		if !b.Health.Healthy {
 			t.Errorf("backend %s marked down by the daemon's own fd shortage", addr)
 		}
+	}
+	if got := d.scrapeMetrics(t)[`wsplice_limit_rejections_total{reason="fd_limit"}`]; got != float64(refused) {
+		t.Errorf(`wsplice_limit_rejections_total{reason="fd_limit"} = %v, want the %d refused`, got, refused)
 	}
 	ws, resp, err := d.dialer().Dial("ws://"+listenAddr+"/after", nil)
 	if err != nil {

@@ -135,6 +135,25 @@ func (p *Proxy) turnedAway(listener string) {
 	}
 }
 
+// reasonLocal is the wsplice_limit_rejections_total reason for a client
+// refused because a backend connect failed for want of memory or a local
+// port (the fd limit counts as reasonFDs).
+const reasonLocal = "local_resources"
+
+// refusedLocal counts a client answered 503 because its backend connect
+// failed for want of a local resource (localResourceError), and warns at
+// most once a second (with the fd limit's warnings).
+func (p *Proxy) refusedLocal(err error) {
+	reason := reasonLocal
+	if fdExhausted(err) {
+		reason = reasonFDs
+	}
+	p.metrics.rejections.WithLabelValues(reason).Inc()
+	if now := time.Now().Unix(); p.fds.logged.Swap(now) != now {
+		p.log.Warn().Err(err).Msg("backend connect failed for want of a local resource: clients get 503 until some is free")
+	}
+}
+
 // listenerReadable tells whether a client is waiting in lfd's accept
 // queue, waiting at most wait for one (accept4 fails with EMFILE at the
 // limit even when none is, so it cannot tell).

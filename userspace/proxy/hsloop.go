@@ -443,7 +443,7 @@ func (h *rawHS) connectFailed(err error) {
 	if localResourceError(err) && !aborted {
 		// Out of fds here, handing the client to Go (a duplicate fd)
 		// would fail too: answer from the loop.
-		p.log.Warn().Err(err).Msg("websocket handshake failed: out of local resources")
+		p.refusedLocal(err)
 		h.answerRaw(503, errLocalResources, http1.Header{{Name: "Retry-After", Value: retryAfter}})
 		return
 	}

@@ -70,6 +70,7 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 		if err != nil {
 			body.finish(cc)
 			if localResourceError(lastErr) {
+				p.refusedLocal(lastErr)
 				cc.fail(503, errLocalResources, http1.Header{{Name: "Retry-After", Value: retryAfter}})
 			} else if len(tried) > 0 {
 				cc.fail(502, "backend unreachable", nil)
@@ -104,7 +105,9 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 			// went to this one (none can have: the connect failed,
 			// but the transport may have read ahead).
 			if !body.touched() && p.force.Err() == nil {
-				p.log.Warn().Err(err).Str("backend", be.Addr()).Int("attempt", len(tried)+1).Msg("backend connect failed")
+				if !localResourceError(err) { // refusedLocal warns for those
+					p.log.Warn().Err(err).Str("backend", be.Addr()).Int("attempt", len(tried)+1).Msg("backend connect failed")
+				}
 				tried = append(tried, be)
 				lastErr = err
 				continue

@@ -126,7 +126,9 @@ func (cc *clientConn) connectBackend(req *backend.Request) (*backend.Lease, *dat
 			return nil, nil, 502, err // not the backend's fault: no retry
 		}
 		p.reportConnect(b, err)
-		p.log.Warn().Err(err).Str("backend", b.Addr()).Int("attempt", len(tried)+1).Msg("backend connect failed")
+		if !localResourceError(err) { // refusedLocal warns for those
+			p.log.Warn().Err(err).Str("backend", b.Addr()).Int("attempt", len(tried)+1).Msg("backend connect failed")
+		}
 		if p.force.Err() != nil {
 			return nil, nil, 502, err
 		}

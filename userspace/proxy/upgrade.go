@@ -69,7 +69,7 @@ func (cc *clientConn) upgradeCounted(req *http1.RequestHead, start time.Time) bo
 	if err != nil {
 		switch {
 		case localResourceError(err):
-			p.log.Warn().Err(err).Msg("websocket handshake failed: out of local resources")
+			p.refusedLocal(err)
 			res.reject(503, errLocalResources, http1.Header{{Name: "Retry-After", Value: retryAfter}})
 		case status == 503:
 			res.reject(503, "no backend available", nil)
