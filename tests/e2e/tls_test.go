@@ -712,3 +712,20 @@ func (d *tlsDaemon) peerCert(t *testing.T, addr, sni string) *x509.Certificate {
 	defer tc.Close()
 	return tc.ConnectionState().PeerCertificates[0]
 }
+
+// TestTLSIdleCounted: an idle TLS pair (served in userspace on every data
+// path) closed by the idle timeout is counted in idle_closed, on the
+// kernel path too (its fallback's count).
+func TestTLSIdleCounted(t *testing.T) {
+	e := newEnv(t)
+	pki := newTestPKI(t)
+	forEachDataplane(t, func(t *testing.T, dp string) {
+		d := e.startTLSDaemon(t, dp, pki, "--idle-timeout", "1s")
+		c, _, err := d.dialL4Raw(tcpTLSAddr, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		d.waitStats(t, 5*time.Second, "the idle TLS pair closed and counted", func(s stats) bool { return s.Spliced == 0 && s.IdleClosed == 1 })
+	})
+}
