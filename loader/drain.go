@@ -612,7 +612,7 @@ func (s *Splicer) rearm(sk *sock, afterFIN bool) {
 func (s *Splicer) abort(p *pair, from *sock) {
 	p.mu.Lock()
 	if !p.closed {
-		_ = unix.SetsockoptLinger(from.peer.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		resetOnClose(from.peer.fd)
 	}
 	p.mu.Unlock()
 	s.closePair(p, true)
@@ -636,7 +636,7 @@ func (s *Splicer) resetBroken(sk *sock) {
 			// socket's.
 			s.mu.Lock()
 			if s.socks[sk.cookie] == sk && sk.fd > 0 && sk.pair == nil {
-				_ = unix.SetsockoptLinger(sk.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+				resetOnClose(sk.fd)
 				_ = unix.Shutdown(sk.fd, unix.SHUT_RDWR)
 			}
 			s.mu.Unlock()
@@ -646,11 +646,16 @@ func (s *Splicer) resetBroken(sk *sock) {
 	p.mu.Lock()
 	if !p.closed {
 		for _, o := range p.socks {
-			_ = unix.SetsockoptLinger(o.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			resetOnClose(o.fd)
 		}
 	}
 	p.mu.Unlock()
 	s.closePair(p, true)
+}
+
+// resetOnClose makes fd's close send RST (SO_LINGER 0) instead of FIN.
+func resetOnClose(fd int) {
+	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 }
 
 // closePair marks p closed; its fds are closed once no drain uses them,

@@ -47,25 +47,10 @@ func (p *pair) IdleExpire(idle time.Duration) {
 	s := p.s
 	s.idleClosed.Add(1)
 	p.mu.Lock()
-	lose := false
-	if !p.closed {
-		lose = p.users > 0 || p.socks[0].draining || p.socks[1].draining
-		for _, src := range p.socks {
-			if lose {
-				break
-			}
-			dst := src.peer
-			st, err := s.stats(src.cookie)
-			if err != nil {
-				break
-			}
-			given, err := bytesGiven(dst.fd) // exact: a short sum would reset a clean pair
-			lose = err == nil && (st.Passed != src.consumed || given < dst.givenBase+dst.written+st.Redirected)
-		}
-		if lose {
-			for _, sk := range p.socks {
-				_ = unix.SetsockoptLinger(sk.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-			}
+	lose := !p.closed && p.inFlight()
+	if lose {
+		for _, sk := range p.socks {
+			resetOnClose(sk.fd)
 		}
 	}
 	p.mu.Unlock()
@@ -73,6 +58,28 @@ func (p *pair) IdleExpire(idle time.Duration) {
 		s.log.Debug().Dur("idle", idle).Bool("reset", lose).Msg("idle timeout: closing spliced pair")
 	}
 	s.closePair(p, lose)
+}
+
+// inFlight reports whether bytes are still on their way through p: a
+// drain holds or waits on some, a direction has passed bytes userspace has
+// not forwarded, or the peer has not taken every byte redirected to it.
+// Under p.mu, p open: no drain runs when it looks at their counts.
+func (p *pair) inFlight() bool {
+	if p.users > 0 {
+		return true
+	}
+	for _, src := range p.socks {
+		dst := src.peer
+		st, err := p.s.stats(src.cookie)
+		if err != nil {
+			return false
+		}
+		given, err := bytesGiven(dst.fd) // exact: a short sum would reset a clean pair
+		if err == nil && (st.Passed != src.consumed || given < dst.givenBase+dst.written+st.Redirected) {
+			return true
+		}
+	}
+	return false
 }
 
 // monoNow reads CLOCK_MONOTONIC in nanoseconds, the clock of

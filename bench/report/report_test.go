@@ -22,13 +22,33 @@ func writeRun(t *testing.T, dir, target, scenario string, rep int, r map[string]
 	}
 }
 
-// A run with steal over quietSteal, or with background work, counts in
-// the medians over all runs and not in the quiet runs' table.
-func TestQuietRuns(t *testing.T) {
+// rawDir returns a results directory with its raw/ folder.
+func rawDir(t *testing.T) string {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(dir, "raw"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	return dir
+}
+
+// buildReport builds dir's report and returns its Markdown.
+func buildReport(t *testing.T, dir string) string {
+	t.Helper()
+	if err := build(dir); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// A run with steal over quietSteal, or with background work, counts in
+// the medians over all runs and not in the quiet runs' table.
+func TestQuietRuns(t *testing.T) {
+	dir := rawDir(t)
 	rates := map[string][3]float64{
 		"direct": {100000, 100000, 100000}, "sockmap": {60000, 10000, 62000},
 		"haproxy": {50000, 51000, 52000}, "nginx": {40000, 41000, 42000},
@@ -54,14 +74,7 @@ func TestQuietRuns(t *testing.T) {
 		}
 		writeRun(t, dir, target, "handshake", 1, r)
 	}
-	if err := build(dir); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "report.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	md := string(b)
+	md := buildReport(t, dir)
 	// The quiet runs' table: from its header to the blank line after it.
 	i := strings.Index(md, "| target | measured (quiet runs) |")
 	if i < 0 {
@@ -107,22 +120,12 @@ func TestQuietRuns(t *testing.T) {
 
 // With every run quiet, the report has no second table.
 func TestQuietRunsAllQuiet(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "raw"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := rawDir(t)
 	for _, target := range []string{"direct", "sockmap", "haproxy", "nginx"} {
 		writeRun(t, dir, target, "closed-loop", 1, map[string]any{"mode": "closed-loop", "msgs_per_s": 1000.0, "integrity_ok": true})
 	}
-	if err := build(dir); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "report.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(string(b), "quiet runs only") {
-		t.Errorf("a report of quiet runs has a quiet-runs table:\n%s", b)
+	if md := buildReport(t, dir); strings.Contains(md, "quiet runs only") {
+		t.Errorf("a report of quiet runs has a quiet-runs table:\n%s", md)
 	}
 }
 
@@ -130,21 +133,11 @@ func TestQuietRunsAllQuiet(t *testing.T) {
 // the direct connection) still gets a report, with the charts it has data
 // for and none of the others.
 func TestPartialRun(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "raw"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := rawDir(t)
 	for i, target := range []string{"sockmap", "evfloor", "haproxy", "nginx"} {
 		writeRun(t, dir, target, "handshake", 1, map[string]any{"mode": "handshake", "handshakes_per_s": 3000.0 + float64(i), "integrity_ok": true})
 	}
-	if err := build(dir); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "report.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	md := string(b)
+	md := buildReport(t, dir)
 	if !strings.Contains(md, "| handshakes/s ≥ best of HAProxy/nginx | 3000 vs nginx 3003 (1.00×) | 1.00× | no |") {
 		t.Errorf("handshake target row missing or wrong:\n%s", md)
 	}

@@ -12,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wsplice/wsplice/userspace/dataplane"
-	"github.com/wsplice/wsplice/userspace/http1"
 )
 
 // At the process's fd limit accept fails with EMFILE and the client waits
@@ -26,7 +25,7 @@ import (
 const reasonFDs = "fd_limit"
 
 // fdLimitAnswer is what an HTTP client gets at the fd limit.
-var fdLimitAnswer = errorAnswer(503, "proxy out of file descriptors", http1.Header{{Name: "Retry-After", Value: retryAfter}})
+var fdLimitAnswer = errorAnswer(503, "proxy out of file descriptors", retryLater)
 
 type fdReserve struct {
 	mu     sync.Mutex

@@ -238,6 +238,22 @@ func (c *client) readN(n int) string {
 }
 
 // expectClosed checks the proxy closes the connection.
+// expectError reads an error answer to a request sent at start: its
+// status must be status, it must come between lo and hi after start, and
+// the connection must close after it.
+func (c *client) expectError(what string, start time.Time, status int, lo, hi time.Duration) {
+	c.t.Helper()
+	resp := c.head()
+	if resp.Status != status {
+		c.t.Fatalf("%s: status %d, want %d", what, resp.Status, status)
+	}
+	if d := time.Since(start); d < lo || d > hi {
+		c.t.Errorf("%s: %d after %v, want between %v and %v", what, status, d, lo, hi)
+	}
+	c.body(resp)
+	c.expectClosed()
+}
+
 func (c *client) expectClosed() {
 	c.t.Helper()
 	b, err := io.ReadAll(c.br)

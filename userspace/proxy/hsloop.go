@@ -444,7 +444,7 @@ func (h *rawHS) connectFailed(err error) {
 		// Out of fds here, handing the client to Go (a duplicate fd)
 		// would fail too: answer from the loop.
 		p.refusedLocal(err)
-		h.answerRaw(503, errLocalResources, http1.Header{{Name: "Retry-After", Value: retryAfter}})
+		h.answerRaw(503, errLocalResources, retryLater)
 		return
 	}
 	if !aborted {

@@ -23,6 +23,10 @@ const maxRejecting = 256
 // retryAfter is the Retry-After, in seconds, of a limit's 503.
 const retryAfter = "1"
 
+// retryLater is the extra field of every 503 that asks the client to
+// come back (limits, the fd limit, a local shortage).
+var retryLater = http1.Header{{Name: "Retry-After", Value: retryAfter}}
+
 // conf returns the configuration in force (see Proxy.live).
 func (p *Proxy) conf() *Config { return p.live.Load() }
 
@@ -66,7 +70,7 @@ func (p *Proxy) refuse(c *net.TCPConn, kind listenerKind, listener string, reaso
 func (cc *clientConn) answerRefused() {
 	defer func() { <-cc.p.rejecting }()
 	_ = cc.conn.SetReadDeadline(time.Now().Add(lingerTimeout))
-	cc.fail(503, cc.refused.Message(), http1.Header{{Name: "Retry-After", Value: retryAfter}})
+	cc.fail(503, cc.refused.Message(), retryLater)
 }
 
 // addrIP is the IP of a TCP address (the zero Addr if it has none).

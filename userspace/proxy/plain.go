@@ -71,7 +71,7 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 			body.finish(cc)
 			if localResourceError(lastErr) {
 				p.refusedLocal(lastErr)
-				cc.fail(503, errLocalResources, http1.Header{{Name: "Retry-After", Value: retryAfter}})
+				cc.fail(503, errLocalResources, retryLater)
 			} else if len(tried) > 0 {
 				cc.fail(502, "backend unreachable", nil)
 			} else {

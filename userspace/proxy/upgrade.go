@@ -70,7 +70,7 @@ func (cc *clientConn) upgradeCounted(req *http1.RequestHead, start time.Time) bo
 		switch {
 		case localResourceError(err):
 			p.refusedLocal(err)
-			res.reject(503, errLocalResources, http1.Header{{Name: "Retry-After", Value: retryAfter}})
+			res.reject(503, errLocalResources, retryLater)
 		case status == 503:
 			res.reject(503, "no backend available", nil)
 		default:
