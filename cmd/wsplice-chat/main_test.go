@@ -20,6 +20,8 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+
+	"github.com/wsplice/wsplice/tests/refused"
 )
 
 func TestHelp(t *testing.T) {
@@ -51,7 +53,7 @@ func TestBadFlags(t *testing.T) {
 // TestRedisUnreachable: without Redis the backend refuses to start, saying
 // why, instead of serving a page whose messages go nowhere.
 func TestRedisUnreachable(t *testing.T) {
-	addr := closedPort(t)
+	addr := refused.Addr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cfg, err := parseFlags([]string{"--listen", "127.0.0.1:0", "--redis", addr}, io.Discard, io.Discard)
@@ -175,7 +177,7 @@ func startRedis(t *testing.T) string {
 		t.Skip(msg)
 	}
 	dir := t.TempDir()
-	port := strings.TrimPrefix(closedPort(t), "127.0.0.1:")
+	port := strings.TrimPrefix(freeAddr(t), "127.0.0.1:")
 	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -214,8 +216,8 @@ func newTestBackend(t *testing.T, name, redisAddr string) *httptest.Server {
 	return srv
 }
 
-// closedPort returns a loopback address nothing listens on (any more).
-func closedPort(t *testing.T) string {
+// freeAddr returns a loopback address free for a server to listen on.
+func freeAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

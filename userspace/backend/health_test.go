@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/wsplice/wsplice/tests/refused"
 )
 
 func TestRiseAndFall(t *testing.T) {
@@ -127,10 +129,7 @@ func TestChecks(t *testing.T) {
 	}()
 	wrong := ln.Addr().String()
 
-	// A closed port.
-	dead, _ := net.Listen("tcp", "127.0.0.1:0")
-	deadAddr := dead.Addr().String()
-	dead.Close()
+	deadAddr := refused.Addr(t)
 
 	ctx := context.Background()
 	for _, tc := range []struct {

@@ -264,14 +264,3 @@ func (c *client) expectClosed() {
 		c.t.Fatalf("unexpected bytes before close: %q", b)
 	}
 }
-
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/wsplice/wsplice/tests/refused"
 	"github.com/wsplice/wsplice/userspace/http1"
 )
 
@@ -103,8 +104,8 @@ func TestHandshakeLoopHandOver(t *testing.T) {
 		after    string // bytes after the head (101) or the body
 	}{
 		{"backend never answers: 504", []string{silent}, 300 * time.Millisecond, []string{upgradeRequest()}, 504, ""},
-		{"dead backend then a live one", []string{closedAddr(t), ws}, 0, []string{upgradeRequest()}, 101, ""},
-		{"only dead backends: 502", []string{closedAddr(t), closedAddr(t)}, 0, []string{upgradeRequest()}, 502, ""},
+		{"dead backend then a live one", []string{refused.Addr(t), ws}, 0, []string{upgradeRequest()}, 101, ""},
+		{"only dead backends: 502", []string{refused.Addr(t), refused.Addr(t)}, 0, []string{upgradeRequest()}, 502, ""},
 		{"interim answers before the 101", []string{interim}, 0, []string{upgradeRequest()}, 101, "FRAME"},
 		{"101 head in two reads", []string{slowHead}, 0, []string{upgradeRequest()}, 101, ""},
 		{"backend closes mid-head: 502", []string{hangUp}, 0, []string{upgradeRequest()}, 502, ""},

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsplice/wsplice/tests/refused"
 	"github.com/wsplice/wsplice/userspace/http1"
 )
 
@@ -190,7 +191,7 @@ func TestPlainErrors(t *testing.T) {
 		status  int
 	}{
 		{"no backend", "", "GET / HTTP/1.1\r\nHost: h\r\n\r\n", 503},
-		{"unreachable", closedAddr(t), "GET / HTTP/1.1\r\nHost: h\r\n\r\n", 502},
+		{"unreachable", refused.Addr(t), "GET / HTTP/1.1\r\nHost: h\r\n\r\n", 502},
 		{"cl and te", "127.0.0.1:1", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
 		{"two cl", "127.0.0.1:1", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400},
 		{"missing host", "127.0.0.1:1", "GET / HTTP/1.1\r\n\r\n", 400},

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/wsplice/wsplice/tests/refused"
 	"github.com/wsplice/wsplice/userspace/backend"
 )
 
@@ -28,7 +29,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestUpgradeRetriesAnotherBackend(t *testing.T) {
-	dead := closedAddr(t)
+	dead := refused.Addr(t)
 	live := startWSBackend(t, "live")
 	p := startProxy(t, []string{dead, live}, func(c *Config) { c.Health.Fall = 2 })
 	// Round-robin starts on the dead one: every handshake still succeeds.
@@ -45,7 +46,7 @@ func TestUpgradeRetriesAnotherBackend(t *testing.T) {
 }
 
 func TestAllBackendsFail502NoneUp503(t *testing.T) {
-	a, b := closedAddr(t), closedAddr(t)
+	a, b := refused.Addr(t), refused.Addr(t)
 	p := startProxy(t, []string{a, b}, func(c *Config) { c.Health.Fall = 1 })
 	c := dial(t, p.addr)
 	c.send(upgradeRequest())
@@ -66,7 +67,7 @@ func TestAllBackendsFail502NoneUp503(t *testing.T) {
 }
 
 func TestPlainRetriesAnotherBackend(t *testing.T) {
-	p := startProxy(t, []string{closedAddr(t), startWSBackend(t, "live")}, nil)
+	p := startProxy(t, []string{refused.Addr(t), startWSBackend(t, "live")}, nil)
 	for range 4 {
 		resp, err := http.Get("http://" + p.addr + "/")
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/wsplice/wsplice/tests/refused"
 	"github.com/wsplice/wsplice/userspace/http1"
 )
 
@@ -303,7 +304,7 @@ func TestUpgradeErrors(t *testing.T) {
 		{"body", wsBackend, upgradeRequest("Content-Length: 3") + "abc", 400, "", ""},
 		{"cl and te", wsBackend, upgradeRequest("Content-Length: 3", "Transfer-Encoding: chunked"), 400, "", ""},
 		{"obs-fold", wsBackend, upgradeRequest("X-A: 1", " folded"), 400, "", ""},
-		{"unreachable backend", closedAddr(t), upgradeRequest(), 502, "", ""},
+		{"unreachable backend", refused.Addr(t), upgradeRequest(), 502, "", ""},
 		{"bad accept", badAccept, upgradeRequest(), 502, "", ""},
 		{"garbage answer", garbage, upgradeRequest(), 502, "", ""},
 		{"no backend", "", upgradeRequest(), 503, "", ""},
