@@ -70,7 +70,7 @@ func TestRedisUnreachable(t *testing.T) {
 // one reaches the clients of both, once, in order, and a client that
 // connects later gets it from the history.
 func TestTwoBackends(t *testing.T) {
-	addr := startRedis(t)
+	addr := startRedis(t).addr
 	b1 := newTestBackend(t, "chat-1", addr)
 	b2 := newTestBackend(t, "chat-2", addr)
 
@@ -143,9 +143,94 @@ func TestTwoBackends(t *testing.T) {
 	}
 }
 
+// TestRedisRestart: Redis restarts and loses everything. The messages sent
+// after it are numbered after the messages sent before it, so that the
+// pages, which order messages by number, show them last.
+func TestRedisRestart(t *testing.T) {
+	r := startRedis(t)
+	b1 := newTestBackend(t, "chat-1", r.addr)
+	b2 := newTestBackend(t, "chat-2", r.addr)
+	alice, bob := dial(t, b1), dial(t, b2)
+	for _, c := range []*wsClient{alice, bob} {
+		c.hello(t)
+		c.history(t, 0)
+	}
+	alice.send(t, map[string]string{"type": "message", "id": "before", "user": "alice", "text": "1"})
+	var before int64
+	for _, c := range []*wsClient{alice, bob} {
+		before = c.message(t).Seq
+	}
+
+	r.restart(t, 0)
+	const n = 3
+	for i := range n {
+		bob.send(t, map[string]string{"type": "message", "id": fmt.Sprintf("after-%d", i), "user": "bob", "text": "2"})
+	}
+	for name, c := range map[string]*wsClient{"alice": alice, "bob": bob} {
+		last := before
+		for i := range n {
+			m := c.message(t)
+			if want := fmt.Sprintf("after-%d", i); m.ID != want || m.Seq <= last {
+				t.Fatalf("%s: message %d after the restart is %s seq %d, want %s numbered above %d", name, i, m.ID, m.Seq, want, last)
+			}
+			last = m.Seq
+		}
+		c.expectNothing(t, 300*time.Millisecond)
+	}
+}
+
+// TestResubscribeCatchesUp: a message published while a backend's
+// subscription is broken (Redis restarted, and another backend published
+// before this one subscribed again) still reaches its clients, once.
+func TestResubscribeCatchesUp(t *testing.T) {
+	r := startRedis(t)
+	b1 := newTestBackend(t, "chat-1", r.addr)
+	alice := dial(t, b1)
+	alice.hello(t)
+	alice.history(t, 0)
+	alice.send(t, map[string]string{"type": "message", "id": "first", "user": "alice", "text": "1"})
+	if m := alice.message(t); m.ID != "first" {
+		t.Fatalf("got %s, want first", m.ID)
+	}
+
+	// In one pipeline, so that Redis runs both before the backend can
+	// subscribe again: cut every subscriber, then publish as another
+	// backend does.
+	rdb := redis.NewClient(&redis.Options{Addr: r.addr})
+	defer rdb.Close()
+	other := &chatServer{channel: "test-chat", history: 10}
+	ctx := context.Background()
+	pipe := rdb.Pipeline()
+	kill := pipe.ClientKillByFilter(ctx, "TYPE", "pubsub")
+	for _, id := range []string{"gap-1", "gap-2"} {
+		keys, args, err := other.publishArgs(chatMessage{ID: id, User: "bob", Text: "2", Backend: "chat-2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		publishScript.Eval(ctx, pipe, keys, args...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatalf("kill subscribers and publish: %v", err)
+	}
+	if kill.Val() < 1 {
+		t.Fatalf("killed %d subscribers, want the backend's", kill.Val())
+	}
+	for _, want := range []string{"gap-1", "gap-2"} {
+		if m := alice.message(t); m.ID != want {
+			t.Fatalf("got %s, want %s", m.ID, want)
+		}
+	}
+	// And the subscription works again, without repeats.
+	alice.send(t, map[string]string{"type": "message", "id": "last", "user": "alice", "text": "3"})
+	if m := alice.message(t); m.ID != "last" {
+		t.Fatalf("got %s, want last", m.ID)
+	}
+	alice.expectNothing(t, 300*time.Millisecond)
+}
+
 // TestHealth: /healthz is 200 while Redis answers and 503 once it is gone.
 func TestHealth(t *testing.T) {
-	addr := startRedis(t)
+	addr := startRedis(t).addr
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	t.Cleanup(func() { rdb.Close() })
 	b := newTestBackend(t, "chat-1", addr)
@@ -164,9 +249,15 @@ func TestHealth(t *testing.T) {
 	}
 }
 
+// testRedis is a real redis-server on a loopback port, without persistence.
+type testRedis struct {
+	addr, bin, dir string
+	cmd            *exec.Cmd
+}
+
 // startRedis starts a real redis-server on a free loopback port, without
 // persistence, and stops it when t ends.
-func startRedis(t *testing.T) string {
+func startRedis(t *testing.T) *testRedis {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -176,25 +267,43 @@ func startRedis(t *testing.T) string {
 		}
 		t.Skip(msg)
 	}
-	dir := t.TempDir()
-	port := strings.TrimPrefix(freeAddr(t), "127.0.0.1:")
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
-	if err := cmd.Start(); err != nil {
+	r := &testRedis{addr: freeAddr(t), bin: bin, dir: t.TempDir()}
+	r.start(t)
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *testRedis) start(t *testing.T) {
+	t.Helper()
+	port := strings.TrimPrefix(r.addr, "127.0.0.1:")
+	r.cmd = exec.Command(r.bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"))
+	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := "127.0.0.1:" + port
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	rdb := redis.NewClient(&redis.Options{Addr: r.addr})
 	defer rdb.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for rdb.Ping(context.Background()).Err() != nil {
 		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-			t.Fatalf("redis-server on %s did not answer within 10 s:\n%s", addr, log)
+			log, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
+			t.Fatalf("redis-server on %s did not answer within 10 s:\n%s", r.addr, log)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
-	return addr
+}
+
+func (r *testRedis) stop() {
+	r.cmd.Process.Kill()
+	r.cmd.Wait()
+}
+
+// restart stops Redis, losing everything it held, and starts it again on
+// the same port after down; it returns once Redis answers.
+func (r *testRedis) restart(t *testing.T, down time.Duration) {
+	t.Helper()
+	r.stop()
+	time.Sleep(down)
+	r.start(t)
 }
 
 func newTestBackend(t *testing.T, name, redisAddr string) *httptest.Server {

@@ -51,6 +51,12 @@ var validID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // number, appends it to the history and publishes it. Being one script,
 // sequence, history and publication order are the same.
 //
+// The sequence number is at least Redis's clock in microseconds, so that
+// it keeps growing when Redis restarts without its data (or with an older
+// snapshot of it): the pages, which order messages by it, then show the
+// messages sent after the restart after those sent before it. Numbers stay
+// below 2^53, exact in Lua, JSON and JavaScript alike.
+//
 // KEYS: id key, sequence key, history list. ARGV: message JSON (an object
 // without "seq"), history length, id TTL in seconds, channel.
 var publishScript = redis.NewScript(`
@@ -58,7 +64,13 @@ if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
 	return 0
 end
 local seq = redis.call('INCR', KEYS[2])
-local msg = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if seq < now then
+	seq = now
+	redis.call('SET', KEYS[2], string.format('%d', seq))
+end
+local msg = '{"seq":' .. string.format('%d', seq) .. ',' .. string.sub(ARGV[1], 2)
 local keep = tonumber(ARGV[2])
 if keep > 0 then
 	redis.call('RPUSH', KEYS[3], msg)
@@ -150,27 +162,82 @@ func newChatServer(ctx context.Context, name, channel string, history int, rdb *
 		return nil, err
 	}
 	s.files = http.FileServer(http.FS(sub))
-	go s.forward(ps.Channel(redis.WithChannelSize(1024)))
+	// What the history holds is what the clients that connect from now on
+	// get from it: forward passes on what comes after.
+	var last int64
+	if items, err := s.historyItems(ctx); err == nil && len(items) > 0 {
+		last = messageSeq(items[len(items)-1])
+	}
+	go s.forward(ps.ChannelWithSubscriptions(redis.WithChannelSize(1024)), last)
 	return s, nil
 }
 
-// forward sends every message from Redis to every client of this instance.
-// go-redis resubscribes by itself when its connection to Redis breaks.
-func (s *chatServer) forward(ch <-chan *redis.Message) {
+// forward sends every message from Redis to every client of this instance,
+// once each, in sequence order. go-redis resubscribes by itself when its
+// connection to Redis breaks; what was published while this instance was
+// not subscribed (a publish from another backend can come first, as soon as
+// Redis is back) is taken from the history when the new subscription is
+// confirmed.
+func (s *chatServer) forward(ch <-chan any, last int64) {
 	defer close(s.done)
 	for m := range ch {
-		frame := messageFrame(json.RawMessage(m.Payload))
-		s.mu.Lock()
-		for c := range s.clients {
-			select {
-			case c.send <- frame:
-			default:
-				s.log.Warn().Msg("client too slow: dropping it")
-				s.dropLocked(c, websocket.CloseTryAgainLater, "too slow")
+		switch m := m.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" {
+				last = s.catchUp(last)
+			}
+		case *redis.Message:
+			if seq := messageSeq(m.Payload); seq > last {
+				last = seq
+				s.broadcast(json.RawMessage(m.Payload))
 			}
 		}
-		s.mu.Unlock()
 	}
+}
+
+// catchUp forwards the messages of the history above sequence number last
+// and returns the new last.
+func (s *chatServer) catchUp(last int64) int64 {
+	items, err := s.historyItems(context.Background())
+	if err != nil {
+		s.log.Warn().Err(err).Msg("resubscribed to redis: cannot catch up from the history")
+		return last
+	}
+	n := 0
+	for _, it := range items {
+		if seq := messageSeq(it); seq > last {
+			last = seq
+			s.broadcast(json.RawMessage(it))
+			n++
+		}
+	}
+	s.log.Info().Int("caught_up", n).Msg("resubscribed to redis")
+	return last
+}
+
+// broadcast queues one message for every client; a client whose queue is
+// full is dropped (its page reconnects and catches up from the history).
+func (s *chatServer) broadcast(msg json.RawMessage) {
+	frame := messageFrame(msg)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.clients {
+		select {
+		case c.send <- frame:
+		default:
+			s.log.Warn().Msg("client too slow: dropping it")
+			s.dropLocked(c, websocket.CloseTryAgainLater, "too slow")
+		}
+	}
+}
+
+// messageSeq is the sequence number of a stored message, 0 if it has none.
+func messageSeq(msg string) int64 {
+	var m struct {
+		Seq int64 `json:"seq"`
+	}
+	_ = json.Unmarshal([]byte(msg), &m)
+	return m.Seq
 }
 
 // close says goodbye to every client and ends the subscription. It can be
@@ -267,8 +334,21 @@ func (s *chatServer) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 
 // readHistory returns the history frame: the last messages, oldest first.
 func (s *chatServer) readHistory(ctx context.Context) ([]byte, error) {
+	items, err := s.historyItems(ctx)
+	if err != nil {
+		return nil, err
+	}
+	msgs := make([]json.RawMessage, 0, len(items))
+	for _, it := range items {
+		msgs = append(msgs, json.RawMessage(it))
+	}
+	return json.Marshal(map[string]any{"type": "history", "messages": msgs})
+}
+
+// historyItems reads the stored messages, oldest first.
+func (s *chatServer) historyItems(ctx context.Context) ([]string, error) {
 	if s.history == 0 {
-		return []byte(`{"type":"history","messages":[]}`), nil
+		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -276,11 +356,7 @@ func (s *chatServer) readHistory(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lrange %s: %w", s.historyKey(), err)
 	}
-	msgs := make([]json.RawMessage, 0, len(items))
-	for _, it := range items {
-		msgs = append(msgs, json.RawMessage(it))
-	}
-	return json.Marshal(map[string]any{"type": "history", "messages": msgs})
+	return items, nil
 }
 
 // readLoop handles what the page sends until the connection ends.
@@ -356,14 +432,13 @@ func (s *chatServer) validate(f clientFrame) (chatMessage, error) {
 
 // publish sends msg to every instance through Redis, once per id.
 func (s *chatServer) publish(msg chatMessage) error {
-	body, err := json.Marshal(msg)
+	keys, args, err := s.publishArgs(msg)
 	if err != nil {
-		return fmt.Errorf("encode message: %w", err)
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	keys := []string{s.channel + ":id:" + msg.ID, s.channel + ":seq", s.historyKey()}
-	seq, err := publishScript.Run(ctx, s.rdb, keys, string(body), s.history, int(idTTL/time.Second), s.channel).Int64()
+	seq, err := publishScript.Run(ctx, s.rdb, keys, args...).Int64()
 	if err != nil {
 		return fmt.Errorf("publish message %s: %w", msg.ID, err)
 	}
@@ -371,6 +446,16 @@ func (s *chatServer) publish(msg chatMessage) error {
 		s.log.Debug().Str("id", msg.ID).Int64("seq", seq).Bool("duplicate", seq == 0).Msg("message published")
 	}
 	return nil
+}
+
+// publishArgs are publishScript's keys and arguments for msg.
+func (s *chatServer) publishArgs(msg chatMessage) (keys []string, args []any, err error) {
+	body, err := json.Marshal(msg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode message: %w", err)
+	}
+	keys = []string{s.channel + ":id:" + msg.ID, s.channel + ":seq", s.historyKey()}
+	return keys, []any{string(body), s.history, int(idTTL / time.Second), s.channel}, nil
 }
 
 func (s *chatServer) historyKey() string { return s.channel + ":history" }
