@@ -52,7 +52,9 @@ type Backend struct {
 	proxyProtocol int
 	weight        atomic.Int64
 	maxConns      atomic.Int64
-	active        atomic.Int64
+	// active counts the connections on this backend; a backend removed
+	// and added again while its connections live shares their count.
+	active *atomic.Int64
 
 	mu       sync.Mutex
 	healthy  bool
@@ -67,12 +69,18 @@ type Backend struct {
 	stop     chan struct{} // closed to stop the health checker
 }
 
-func newBackend(s Spec) *Backend {
+// newBackend makes the backend of s; active is the connection count of an
+// earlier backend at the same address whose connections still live, or nil.
+func newBackend(s Spec, active *atomic.Int64) *Backend {
+	if active == nil {
+		active = new(atomic.Int64)
+	}
 	sum := sha256.Sum256([]byte(s.Addr))
 	b := &Backend{
 		addr:          s.Addr,
 		id:            hex.EncodeToString(sum[:8]),
 		proxyProtocol: s.ProxyProtocol,
+		active:        active,
 		healthy:       true,
 		leases:        make(map[*Lease]struct{}),
 		stop:          make(chan struct{}),

@@ -59,6 +59,29 @@ func TestParseSpec(t *testing.T) {
 	}
 }
 
+func TestCanonicalAddr(t *testing.T) {
+	for in, want := range map[string]string{
+		"127.0.0.1:80":            "127.0.0.1:80",
+		"127.0.0.1:080":           "127.0.0.1:80",
+		"[::ffff:127.0.0.1]:80":   "127.0.0.1:80",
+		"[0:0:0:0:0:0:0:1]:443":   "[::1]:443",
+		"[fe80::1%eth0]:80":       "[fe80::1%eth0]:80",
+		"Backend.Example.COM:900": "backend.example.com:900",
+		"no-port":                 "no-port",
+	} {
+		if got := CanonicalAddr(in); got != want {
+			t.Errorf("CanonicalAddr(%q) = %q, want %q", in, got, want)
+		}
+	}
+	p := mustPool(t, []string{"127.0.0.1:80"}, nil)
+	if _, err := p.Add(Spec{Addr: "[::ffff:127.0.0.1]:0080"}); !errors.Is(err, ErrExists) {
+		t.Errorf("the same backend spelled otherwise: %v, want ErrExists", err)
+	}
+	if p.Backend("127.0.0.1:0080") == nil || p.Remove("[::ffff:127.0.0.1]:80") != nil {
+		t.Error("a backend not found under another spelling of its address")
+	}
+}
+
 func TestEmptyPool(t *testing.T) {
 	p := mustPool(t, nil, nil)
 	if _, err := p.Acquire(nil, nil); !errors.Is(err, ErrNoBackend) {

@@ -86,30 +86,31 @@ func parseCheck(s string) (kind, path string, err error) {
 	return kind, path, nil
 }
 
-// startChecker runs b's health checks until b.stop is closed. The pool's
+// startChecker runs b's health checks, with the pool's health
+// configuration of now, until b.stop (as it is now) is closed. The pool's
 // mutex is held.
 func (p *Pool) startChecker(b *Backend) {
 	p.wg.Add(1)
-	go p.checker(b)
+	go p.checker(b, b.stop, p.health)
 }
 
 // checker is one backend's health check loop; the first check runs at
 // once. Without an active check it only probes while the backend is down.
-func (p *Pool) checker(b *Backend) {
+func (p *Pool) checker(b *Backend, stop <-chan struct{}, hc HealthConfig) {
 	defer p.wg.Done()
-	kind, path, _ := parseCheck(p.health.Check)
-	t := time.NewTicker(p.health.Interval)
+	kind, path, _ := parseCheck(hc.Check)
+	t := time.NewTicker(hc.Interval)
 	defer t.Stop()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
-		<-b.stop
+		<-stop
 		cancel()
 	}()
 	for first := true; ; first = false {
 		if !first {
 			select {
-			case <-b.stop:
+			case <-stop:
 				return
 			case <-t.C:
 			}
@@ -124,7 +125,7 @@ func (p *Pool) checker(b *Backend) {
 				continue
 			}
 		}
-		err := Check(ctx, kind, path, b.addr, p.health.Timeout)
+		err := Check(ctx, kind, path, b.addr, hc.Timeout)
 		if ctx.Err() != nil {
 			return
 		}

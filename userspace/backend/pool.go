@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -37,15 +38,20 @@ type Request struct {
 // Pool is a set of backends that may change at runtime, the policy
 // choosing among them, and their health checkers.
 type Pool struct {
-	policy Policy
-	health HealthConfig
-	log    zerolog.Logger
+	log zerolog.Logger
 
-	mu       sync.RWMutex
+	mu sync.RWMutex
+	// policy and health can change at runtime (SetPolicy, SetHealth).
+	policy   Policy
+	health   HealthConfig
 	backends []*Backend // in the order added
 	// gone holds removed backends whose drain deadline is still pending,
 	// so that Close can stop it.
-	gone    []*Backend
+	gone []*Backend
+	// retired holds removed backends whose connections still live, so
+	// that one added again at the same address counts them (max-conns,
+	// least-conn).
+	retired []*Backend
 	started bool
 	closed  bool
 	wg      sync.WaitGroup
@@ -66,10 +72,11 @@ func NewPool(specs []Spec, opts Options) (*Pool, error) {
 		if err := s.Check(); err != nil {
 			return nil, err
 		}
+		s.Addr = CanonicalAddr(s.Addr)
 		if p.find(s.Addr) != nil {
 			return nil, fmt.Errorf("%w: %s given twice", ErrInvalidSpec, s.Addr)
 		}
-		p.backends = append(p.backends, newBackend(s))
+		p.backends = append(p.backends, newBackend(s, nil))
 	}
 	return p, nil
 }
@@ -116,6 +123,7 @@ func (p *Pool) Close() {
 }
 
 func (p *Pool) find(addr string) *Backend {
+	addr = CanonicalAddr(addr)
 	for _, b := range p.backends {
 		if b.addr == addr {
 			return b
@@ -154,6 +162,7 @@ func (p *Pool) Acquire(req *Request, tried []*Backend) (*Lease, error) {
 		req = &Request{}
 	}
 	p.mu.RLock()
+	policy := p.policy
 	cands := make([]*Backend, 0, len(p.backends))
 	for _, b := range p.backends {
 		if !slices.Contains(tried, b) && b.available() {
@@ -172,7 +181,7 @@ func (p *Pool) Acquire(req *Request, tried []*Backend) (*Lease, error) {
 			}
 		}
 		if b == nil {
-			b = p.policy.Select(cands, req)
+			b = policy.Select(cands, req)
 		}
 		if l := b.lease(); l != nil {
 			return l, nil
@@ -192,6 +201,9 @@ func (p *Pool) ReportConnect(b *Backend, err error) {
 
 // observe applies one check or connect result to b's rise/fall counters.
 func (p *Pool) observe(b *Backend, err error, source string) {
+	p.mu.RLock()
+	rise, fall := p.health.Rise, p.health.Fall
+	p.mu.RUnlock()
 	b.mu.Lock()
 	b.lastAt = time.Now()
 	was := b.healthy
@@ -199,14 +211,14 @@ func (p *Pool) observe(b *Backend, err error, source string) {
 		b.lastErr = err.Error()
 		b.okRun = 0
 		b.failRun++
-		if b.healthy && b.failRun >= p.health.Fall {
+		if b.healthy && b.failRun >= fall {
 			b.healthy = false
 		}
 	} else {
 		b.lastErr = ""
 		b.failRun = 0
 		b.okRun++
-		if !b.healthy && b.okRun >= p.health.Rise {
+		if !b.healthy && b.okRun >= rise {
 			b.healthy = true
 		}
 	}
@@ -230,12 +242,18 @@ func (p *Pool) Add(s Spec) (*Backend, error) {
 	if err := s.Check(); err != nil {
 		return nil, err
 	}
+	s.Addr = CanonicalAddr(s.Addr)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.find(s.Addr) != nil {
 		return nil, fmt.Errorf("%w: %s", ErrExists, s.Addr)
 	}
-	b := newBackend(s)
+	var active *atomic.Int64
+	p.retired = slices.DeleteFunc(p.retired, func(r *Backend) bool { return r.Active() == 0 })
+	if i := slices.IndexFunc(p.retired, func(r *Backend) bool { return r.addr == s.Addr }); i >= 0 {
+		active = p.retired[i].active
+	}
+	b := newBackend(s, active)
 	p.backends = append(p.backends, b)
 	if p.started && !p.closed {
 		p.startChecker(b)
@@ -244,9 +262,47 @@ func (p *Pool) Add(s Spec) (*Backend, error) {
 	return b, nil
 }
 
+// SetPolicy makes policy choose the backends of new connections from now
+// on; established connections stay where they are.
+func (p *Pool) SetPolicy(policy Policy) {
+	if policy == nil {
+		policy = &RoundRobin{}
+	}
+	p.mu.Lock()
+	p.policy = policy
+	p.mu.Unlock()
+}
+
+// SetHealth changes the health checks: every checker restarts with h (its
+// first check at once), and rise and fall apply to the next results. Each
+// backend keeps its health and its counts so far.
+func (p *Pool) SetHealth(h HealthConfig) error {
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.health == h {
+		return nil
+	}
+	p.health = h
+	if !p.started || p.closed {
+		return nil
+	}
+	for _, b := range p.backends {
+		b.mu.Lock()
+		close(b.stop)
+		b.stop = make(chan struct{})
+		b.mu.Unlock()
+		p.startChecker(b)
+	}
+	return nil
+}
+
 // Remove takes a backend out of the pool: no new connections; its
 // connections are left alone (a drain deadline set before still applies).
 func (p *Pool) Remove(addr string) error {
+	addr = CanonicalAddr(addr)
 	p.mu.Lock()
 	i := slices.IndexFunc(p.backends, func(b *Backend) bool { return b.addr == addr })
 	if i < 0 {
@@ -255,6 +311,10 @@ func (p *Pool) Remove(addr string) error {
 	}
 	b := p.backends[i]
 	p.backends = slices.Delete(p.backends, i, i+1)
+	p.retired = slices.DeleteFunc(p.retired, func(r *Backend) bool { return r.Active() == 0 || r.addr == addr })
+	if b.Active() > 0 {
+		p.retired = append(p.retired, b)
+	}
 	b.mu.Lock()
 	b.removed = true
 	if !p.closed {
@@ -343,7 +403,9 @@ type Health struct {
 
 // Status reports every backend, in the order added.
 func (p *Pool) Status() []Status {
+	p.mu.RLock()
 	check := p.health.Check
+	p.mu.RUnlock()
 	if check == "" {
 		check = "passive"
 	}

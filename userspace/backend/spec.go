@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 )
@@ -77,6 +78,7 @@ func ParseSpec(s string) (Spec, error) {
 	if err := sp.Check(); err != nil {
 		return Spec{}, err
 	}
+	sp.Addr = CanonicalAddr(sp.Addr)
 	return sp, nil
 }
 
@@ -111,6 +113,27 @@ func (s Spec) String() string {
 		b.WriteString(",proxy-protocol=v2")
 	}
 	return b.String()
+}
+
+// CanonicalAddr is addr spelled one way, so that one backend cannot be
+// added twice under two spellings: the port without leading zeros, an IP
+// address in its shortest form (an IPv4-mapped IPv6 address as IPv4), a
+// host name in lower case. An addr CheckAddr refuses is returned as it is.
+func CanonicalAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		return addr
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		host = ip.Unmap().String()
+	} else {
+		host = strings.ToLower(host)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(n))
 }
 
 // CheckAddr reports whether addr is a usable "host:port".

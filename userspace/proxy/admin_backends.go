@@ -26,7 +26,11 @@ const maxAdminBody = 64 << 10
 //	PUT    /backends/{addr}/weight        set the weight: {"weight":N}, a bare number, or weight=N
 func (p *Proxy) backendRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /backends", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, p.pool.Status())
+		st := p.pool.Status()
+		if st == nil {
+			st = []backend.Status{} // a list, empty: [] rather than null
+		}
+		writeJSON(w, http.StatusOK, st)
 	})
 	mux.HandleFunc("POST /backends", func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody))
@@ -82,7 +86,7 @@ func (p *Proxy) backendRoutes(mux *http.ServeMux) {
 				Weight *int `json:"weight"`
 			}
 			if strings.HasPrefix(v, "{") {
-				if err := json.Unmarshal(body, &js); err != nil || js.Weight == nil {
+				if err := decodeStrict(v, &js); err != nil || js.Weight == nil {
 					adminError(w, http.StatusBadRequest, errors.New(`want {"weight": N}`))
 					return
 				}
@@ -111,19 +115,46 @@ func parseBackendBody(body []byte) (backend.Spec, error) {
 	if !strings.HasPrefix(s, "{") {
 		return backend.ParseSpec(s)
 	}
-	var sp backend.Spec
-	dec := json.NewDecoder(strings.NewReader(s))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&sp); err != nil {
+	// Weight as a pointer: left out means 1, but 0 is refused, as in
+	// the --backend form.
+	var js struct {
+		backend.Spec
+		Weight *int `json:"weight"`
+	}
+	if err := decodeStrict(s, &js); err != nil {
 		return backend.Spec{}, fmt.Errorf("backend JSON: %w", err)
 	}
-	if sp.Weight == 0 {
-		sp.Weight = 1
+	sp := js.Spec
+	sp.Weight = 1
+	if js.Weight != nil {
+		if *js.Weight < 1 || *js.Weight > backend.MaxWeight {
+			return backend.Spec{}, fmt.Errorf("%w %q: weight %d: must be between 1 and %d", backend.ErrInvalidSpec, sp.Addr, *js.Weight, backend.MaxWeight)
+		}
+		sp.Weight = *js.Weight
 	}
-	return sp, sp.Check()
+	if err := sp.Check(); err != nil {
+		return backend.Spec{}, err
+	}
+	sp.Addr = backend.CanonicalAddr(sp.Addr)
+	return sp, nil
+}
+
+// decodeStrict decodes one JSON value into v: unknown fields and anything
+// after the value are errors.
+func decodeStrict(s string, v any) error {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("more data after the JSON object")
+	}
+	return nil
 }
 
 func (p *Proxy) backendStatus(addr string) any {
+	addr = backend.CanonicalAddr(addr)
 	for _, st := range p.pool.Status() {
 		if st.Addr == addr {
 			return st

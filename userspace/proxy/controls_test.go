@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/wsplice/wsplice/userspace/backend"
 	"github.com/wsplice/wsplice/userspace/dataplane"
 	"github.com/wsplice/wsplice/userspace/http1"
 	"github.com/wsplice/wsplice/userspace/proxyproto"
@@ -326,8 +328,48 @@ func TestReload(t *testing.T) {
 	if _, msg, err := old.ReadMessage(); err != nil || string(msg) != "still here" {
 		t.Fatalf("established connection after reload: %q %v", msg, err)
 	}
+	// Balance, sticky cookie and health checks change live too. Both
+	// backends are taken down (connect failures), and passive probing
+	// would bring them back in an hour; the reloaded check does at once.
+	live := p.Config()
+	live.Backends = []string{a, b}
+	live.Health = backend.HealthConfig{Interval: time.Hour, Fall: 1}
+	if _, err := p.Reload(live); err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []string{a, b} {
+		p.Pool().ReportConnect(p.Pool().Backend(addr), errors.New("test: refused"))
+		if st := p.Pool().Backend(addr).State(); st != backend.StateDown {
+			t.Fatalf("%s after one failure with the reloaded fall 1: %v, want down", addr, st)
+		}
+	}
+	live.Balance = "hash-header:X-K"
+	live.StickyCookie = "sb"
+	live.Health = backend.HealthConfig{Check: "tcp", Interval: 20 * time.Millisecond, Rise: 1}
+	if ignored, err := p.Reload(live); err != nil || len(ignored) > 0 {
+		t.Fatalf("reload: ignored %v, err %v", ignored, err)
+	}
+	if st := p.Pool().Status(); st[0].Health.Check != "tcp" {
+		t.Errorf("health check after reload: %q, want tcp", st[0].Health.Check)
+	}
+	waitFor(t, "both backends up by the reloaded check", func() bool {
+		st := p.Pool().Status()
+		return len(st) == 2 && st[0].Health.Healthy && st[1].Health.Healthy
+	})
+	seen := map[string]bool{}
+	for range 6 {
+		_, resp := wsDial(t, p.addr, http.Header{"X-K": {"same"}})
+		seen[resp.Header.Get("X-Backend-Name")] = true
+		if !strings.HasPrefix(resp.Header.Get("Set-Cookie"), "sb=") {
+			t.Fatalf("no sticky cookie after reload: %q", resp.Header.Get("Set-Cookie"))
+		}
+	}
+	if len(seen) != 1 {
+		t.Errorf("one hash key on backends %v, want one", seen)
+	}
+
 	m := scrape(t, p.Proxy)
-	if m[`wsplice_config_reloads_total{result="success"}`] != 1 || m[`wsplice_config_reloads_total{result="failure"}`] != 1 {
+	if m[`wsplice_config_reloads_total{result="success"}`] != 3 || m[`wsplice_config_reloads_total{result="failure"}`] != 1 {
 		t.Errorf("reload counters: %v %v", m[`wsplice_config_reloads_total{result="success"}`], m[`wsplice_config_reloads_total{result="failure"}`])
 	}
 }

@@ -183,7 +183,7 @@ func (p *Proxy) backendRequest(ip string, req *http1.RequestHead) *backend.Reque
 		}
 		return ""
 	}
-	if name := p.cfg.StickyCookie; name != "" {
+	if name := p.conf().StickyCookie; name != "" {
 		r.Sticky = r.Cookie(name)
 	}
 	return r
@@ -207,7 +207,7 @@ func (cc *clientConn) stickyField(req *backend.Request, b *backend.Backend) http
 
 // stickyField is clientConn.stickyField.
 func (p *Proxy) stickyField(req *backend.Request, b *backend.Backend) http1.Header {
-	name := p.cfg.StickyCookie
+	name := p.conf().StickyCookie
 	if name == "" || req.Sticky == b.ID() {
 		return nil
 	}

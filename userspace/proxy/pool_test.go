@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -228,6 +229,10 @@ func TestAdminBackends(t *testing.T) {
 	if st := list(); st[0].State != "draining" {
 		t.Fatalf("state %q", st[0].State)
 	}
+	// Draining is not down: backend_up is health.
+	if up := scrape(t, p.Proxy)[`wsplice_backend_up{backend="`+a+`"}`]; up != 1 {
+		t.Errorf("wsplice_backend_up of a healthy draining backend: %v, want 1", up)
+	}
 	for range 3 {
 		_, resp := wsDial(t, p.addr, nil)
 		if resp.Header.Get("X-Backend-Name") != "b" {
@@ -244,5 +249,50 @@ func TestAdminBackends(t *testing.T) {
 	do("POST", "/backends/"+a+"/drain", "", 404)
 	if st := list(); len(st) != 1 || st[0].Addr != b || st[0].ActiveConns != 4 {
 		t.Fatalf("after remove: %+v", st)
+	}
+
+	// Refused: another spelling of a backend in the pool, a weight of 0
+	// (as in the --backend form), a second JSON value or trailing bytes,
+	// unknown fields.
+	host, port, _ := net.SplitHostPort(b)
+	do("POST", "/backends", host+":0"+port, 409)
+	do("POST", "/backends", `{"addr":"[::ffff:`+host+`]:`+port+`"}`, 409)
+	do("POST", "/backends", `{"addr":"127.0.0.1:9","weight":0}`, 400)
+	do("POST", "/backends", `{"addr":"127.0.0.1:9"}{"addr":"127.0.0.1:10"}`, 400)
+	do("POST", "/backends", `{"addr":"127.0.0.1:9"} junk`, 400)
+	do("PUT", "/backends/"+b+"/weight", `{"weight":4,"bogus":true}`, 400)
+	do("PUT", "/backends/"+host+":0"+port+"/weight", `{"weight":4}`, 200)
+	if st := list(); len(st) != 1 || st[0].Weight != 4 {
+		t.Fatalf("after the refusals: %+v", st)
+	}
+	// Empty: a list, not null.
+	do("DELETE", "/backends/"+b, "", 204)
+	if out := strings.TrimSpace(string(do("GET", "/backends", "", 200))); out != "[]" {
+		t.Fatalf("empty pool listed as %q, want []", out)
+	}
+}
+
+// TestReaddedBackendCountsLiveConns: a backend removed while its
+// connections live, then added again, counts them against its max-conns.
+func TestReaddedBackendCountsLiveConns(t *testing.T) {
+	a := startWSBackend(t, "a")
+	p := startProxy(t, []string{a + ",max-conns=2"}, nil)
+	for range 2 {
+		c, _ := wsDial(t, p.addr, nil)
+		defer c.Close()
+	}
+	if err := p.Pool().Remove(a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Pool().Add(backend.Spec{Addr: a, MaxConns: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.Pool().Backend(a).Active(); n != 2 {
+		t.Fatalf("re-added backend counts %d connections, want the 2 still open", n)
+	}
+	c := dial(t, p.addr)
+	c.send(upgradeRequest())
+	if resp := c.head(); resp.Status != 503 {
+		t.Fatalf("third connection to a backend with max-conns 2: status %d, want 503", resp.Status)
 	}
 }

@@ -150,7 +150,9 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 		st := p.pool.Status()
 		out := make([]BackendState, len(st))
 		for i, b := range st {
-			out[i] = BackendState{Addr: b.Addr, Up: b.State == "up"}
+			// Health only: a draining backend that passes its checks
+			// is up (a planned drain is no outage).
+			out[i] = BackendState{Addr: b.Addr, Up: b.Health.Healthy}
 		}
 		return out
 	})

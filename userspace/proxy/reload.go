@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/wsplice/wsplice/userspace/backend"
 )
 
 // BackendSetter is what a reload needs of the backend pool: replace the
@@ -14,7 +16,8 @@ type BackendSetter interface {
 }
 
 // Reload puts cfg in force for what can change while running: backends
-// (and their PROXY protocol setting), limits, timeouts and TCP keepalive.
+// (and their PROXY protocol setting), the balancing policy, the sticky
+// cookie, health checks, limits, timeouts and TCP keepalive.
 // It is atomic: cfg is validated whole first, and on any error nothing
 // changes. Fields that need a restart (listeners, certificate files, TLS
 // and kernel TLS settings, head size, admin address) keep their running
@@ -62,6 +65,16 @@ func (p *Proxy) Reload(cfg Config) (ignored []string, err error) {
 	if err := pool.SetBackends(cfg.Backends); err != nil {
 		return nil, fmt.Errorf("backends: %w", err)
 	}
+	if cfg.Balance != old.Balance {
+		policy, err := backend.ParsePolicy(cfg.Balance)
+		if err != nil { // validated above
+			return nil, fmt.Errorf("balance: %w", err)
+		}
+		p.pool.SetPolicy(policy)
+	}
+	if err := p.pool.SetHealth(cfg.Health); err != nil { // validated above
+		return nil, fmt.Errorf("health: %w", err)
+	}
 	p.live.Store(&cfg)
 	if cfg.TCPKeepAliveOff != old.TCPKeepAliveOff && !p.shuttingDown.Load() {
 		if err := p.setListenersKeepAlive(cfg.TCPKeepAliveOff); err != nil {
@@ -73,7 +86,8 @@ func (p *Proxy) Reload(cfg Config) (ignored []string, err error) {
 	}
 	p.dp.SetIdleTimeout(cfg.IdleTimeout)
 	p.limiter.SetConfig(cfg.limits())
-	ev := p.log.Info().Strs("backends", cfg.Backends).Int("max_conns", cfg.MaxConns).Int("max_conn_rate", cfg.MaxConnRate).
+	ev := p.log.Info().Strs("backends", cfg.Backends).Str("balance", balanceName(cfg.Balance)).Str("sticky_cookie", cfg.StickyCookie).
+		Str("health_check", cfg.Health.Check).Int("max_conns", cfg.MaxConns).Int("max_conn_rate", cfg.MaxConnRate).
 		Int("max_conns_per_ip", cfg.MaxConnsPerIP).Int("max_conn_rate_per_ip", cfg.MaxConnRatePerIP).
 		Dur("header_timeout", cfg.HeaderTimeout).Dur("connect_timeout", cfg.DialTimeout).Dur("backend_timeout", cfg.ResponseTimeout).Dur("drain_timeout", cfg.DrainTimeout).Dur("idle_timeout", cfg.IdleTimeout).
 		Bool("tcp_keepalive", !cfg.TCPKeepAliveOff)
