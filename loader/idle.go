@@ -60,6 +60,22 @@ func (p *pair) IdleExpire(idle time.Duration) {
 	s.closePair(p, lose)
 }
 
+// Delivered implements dataplane.Idler: the sockets' TCP progress (bytes
+// acknowledged by and received from their peers), 0 once p is closed.
+func (p *pair) Delivered() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return 0
+	}
+	var n uint64
+	for _, sk := range p.socks {
+		d, _ := dataplane.TCPProgress(sk.fd)
+		n += d
+	}
+	return n
+}
+
 // inFlight reports whether bytes are still on their way through p: a
 // drain holds or waits on some, a direction has passed bytes userspace has
 // not forwarded, or the peer has not taken every byte redirected to it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -160,5 +161,56 @@ func TestIdleTimeoutInFlight(t *testing.T) {
 			t.Fatalf("after %d of %d bytes the stream ended with %v, want a reset (bytes were lost)", got, push, err)
 		}
 		t.Logf("reset after %d of %d bytes: %v", got, push, err)
+	})
+}
+
+// TestIdleTimeoutSlowReader: a client that keeps reading, slowly, what its
+// backend pushed at once is not idle, though no byte reaches the balancer
+// for longer than the timeout (the bytes wait in the balancer's sockets
+// and, on the kernel path, its queues): it gets every byte.
+func TestIdleTimeoutSlowReader(t *testing.T) {
+	const push = 4 << 20
+	e := newEnv(t)
+	forEachDataplane(t, func(t *testing.T, dp string) {
+		d := e.startDaemon(t, dp, "--idle-timeout", "1s")
+		dl := d.dialer()
+		dl.ReadBufferSize = 4 << 10
+		dl.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := d.e.topo.Client.DialContext(ctx, network, addr)
+			if err == nil {
+				// A small window, so that the bytes wait in the balancer.
+				err = c.(*net.TCPConn).SetReadBuffer(16 << 10)
+			}
+			return c, err
+		}
+		ws, _, err := dl.Dial("ws://"+listenAddr+fmt.Sprintf("/push?push=%d&id=slow-%s", push, dp), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ws.Close()
+		ws.SetReadDeadline(time.Now().Add(60 * time.Second))
+		start := time.Now()
+		buf := make([]byte, 8<<10)
+		var got int64
+		for got < push {
+			_, r, err := ws.NextReader()
+			if err != nil {
+				t.Fatalf("after %d of %d bytes in %v: %v (the idle timeout cut a slow reader)", got, push, time.Since(start), err)
+			}
+			for {
+				n, err := r.Read(buf)
+				got += int64(n)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatalf("after %d of %d bytes in %v: %v (the idle timeout cut a slow reader)", got, push, time.Since(start), err)
+				}
+				time.Sleep(5 * time.Millisecond) // about 1.6 MB/s
+			}
+		}
+		if el := time.Since(start); el < 2*time.Second {
+			t.Skipf("read %d bytes in %v, within two idle timeouts: too fast to test", got, el)
+		}
 	})
 }

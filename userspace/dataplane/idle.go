@@ -17,6 +17,14 @@ import (
 // timeout: if it has, the pair is expired; if not, the check is queued
 // again for the time left. So a pair costs one check per timeout period
 // at most, however busy it is.
+//
+// Bytes taken in are not the only activity: a slow reader still draining
+// what the balancer holds for it (in socket buffers, or the kernel path's
+// queues) receives bytes while nothing new arrives. So each check also
+// samples the pair's progress (Delivered: bytes its peers acknowledged),
+// and a pair that looks idle but progressed since the last check is given
+// another period. The first check comes at half the timeout, so that
+// there is a sample to compare with when the pair first looks idle.
 type IdleQueue struct {
 	mu      sync.Mutex
 	items   idleHeap
@@ -27,10 +35,12 @@ type IdleQueue struct {
 
 // IdleEntry is embedded in (or held by) a pair an IdleQueue watches.
 type IdleEntry struct {
-	timeout int64 // ns
-	at      int64 // next check (monoNow)
-	index   int32 // in the heap, when queued (Remove checks the slot holds it)
-	removed bool
+	timeout   int64 // ns
+	at        int64 // next check (monoNow)
+	index     int32 // in the heap, when queued (Remove checks the slot holds it)
+	removed   bool
+	sampled   bool   // delivered holds a sample
+	delivered uint64 // Delivered at the last check
 }
 
 // Idler is a pair an IdleQueue watches.
@@ -42,6 +52,10 @@ type Idler interface {
 	IdleFor() (time.Duration, bool)
 	// IdleExpire closes the pair, idle for idle.
 	IdleExpire(idle time.Duration)
+	// Delivered measures the pair's progress: bytes its sockets' peers
+	// acknowledged and bytes they received, summed; it changes while a
+	// slow reader drains what is queued for it.
+	Delivered() uint64
 }
 
 // NewIdleQueue returns an empty queue.
@@ -67,7 +81,7 @@ func (q *IdleQueue) Add(x Idler, timeout time.Duration) {
 		return
 	}
 	e.timeout = int64(timeout)
-	e.at = now + e.timeout
+	e.at = now + e.timeout/2
 	heap.Push(&q.items, x)
 	q.arm(now)
 }
@@ -134,13 +148,19 @@ func (q *IdleQueue) fire() {
 		if !alive {
 			continue
 		}
+		d := x.Delivered()
+		wait := e.timeout - int64(idle)
 		if idle >= time.Duration(e.timeout) {
-			x.IdleExpire(idle)
-			continue
+			if e.sampled && d == e.delivered {
+				x.IdleExpire(idle)
+				continue
+			}
+			wait = e.timeout // progressed since the last check: still draining
 		}
+		e.delivered, e.sampled = d, true
 		q.mu.Lock()
 		if !e.removed && !q.stopped {
-			e.at = monoNow() + e.timeout - int64(idle)
+			e.at = monoNow() + wait
 			heap.Push(&q.items, x)
 		}
 		q.mu.Unlock()

@@ -12,7 +12,10 @@ type fakeIdler struct {
 	start   time.Time
 	last    atomic.Int64 // ns since start of the last activity
 	gone    atomic.Bool
-	expired chan time.Duration
+	// delivered stands for the bytes a slow reader took: progress with
+	// no activity.
+	delivered atomic.Uint64
+	expired   chan time.Duration
 }
 
 func newFakeIdler() *fakeIdler {
@@ -24,6 +27,7 @@ func (f *fakeIdler) IdleFor() (time.Duration, bool) {
 	return time.Since(f.start) - time.Duration(f.last.Load()), !f.gone.Load()
 }
 func (f *fakeIdler) IdleExpire(idle time.Duration) { f.expired <- idle }
+func (f *fakeIdler) Delivered() uint64             { return f.delivered.Load() }
 func (f *fakeIdler) active()                       { f.last.Store(int64(time.Since(f.start))) }
 
 // TestIdleQueue: a pair that stays idle expires after its timeout, not
@@ -88,6 +92,35 @@ func TestIdleQueue(t *testing.T) {
 	}
 	if n := q.Len(); n != 0 {
 		t.Fatalf("queue holds %d pairs after all expired or ended, want 0", n)
+	}
+}
+
+// TestIdleQueueDraining: a pair that takes nothing in but whose reader
+// keeps taking what is queued for it (progress) is not idle; once the
+// progress stops, it expires, within two timeouts.
+func TestIdleQueueDraining(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	q := NewIdleQueue()
+	defer q.Stop()
+	f := newFakeIdler()
+	q.Add(f, timeout)
+	for range 40 { // 4 timeouts of a slow drain
+		time.Sleep(timeout / 10)
+		f.delivered.Add(1000)
+	}
+	select {
+	case d := <-f.expired:
+		t.Fatalf("a draining pair expired (no byte in for %v)", d)
+	default:
+	}
+	stopped := time.Now()
+	select {
+	case <-f.expired:
+		if el := time.Since(stopped); el > 2*timeout+50*time.Millisecond {
+			t.Fatalf("expired %v after its progress stopped, timeout %v", el, timeout)
+		}
+	case <-time.After(10 * timeout):
+		t.Fatal("a pair whose progress stopped never expired")
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -72,3 +73,28 @@ func (u *Userspace) SpliceFD(client, backend RawSock, toClient []byte, owner Own
 
 // rawWriteTimeout bounds SpliceFD's write of toClient.
 const rawWriteTimeout = 10 * time.Second
+
+// TCPProgress is what fd's peer acknowledged of the bytes sent to it plus
+// the bytes received from it (TCP_INFO), for the idle timeout: it grows
+// while the connection moves bytes either way, whoever holds them.
+func TCPProgress(fd int) (uint64, error) {
+	var ti unix.TCPInfo
+	n := uint32(unsafe.Sizeof(ti))
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_INFO,
+		uintptr(unsafe.Pointer(&ti)), uintptr(unsafe.Pointer(&n)), 0)
+	if e != 0 {
+		return 0, fmt.Errorf("getsockopt TCP_INFO: %w", e)
+	}
+	return ti.Bytes_acked + ti.Bytes_received, nil
+}
+
+// connProgress is TCPProgress of c's socket, 0 once it is closed.
+func connProgress(c *net.TCPConn) uint64 {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var n uint64
+	_ = rc.Control(func(fd uintptr) { n, _ = TCPProgress(int(fd)) })
+	return n
+}

@@ -144,6 +144,11 @@ func (p *pair) IdleExpire(idle time.Duration) {
 	p.closeBoth()
 }
 
+// Delivered implements Idler.
+func (p *pair) Delivered() uint64 {
+	return connProgress(p.client.TCPConn) + connProgress(p.backend.TCPConn)
+}
+
 // touch records activity on p.
 func (p *pair) touch() { p.lastActive.Store(monoNow()) }
 
