@@ -1,5 +1,7 @@
 package loader
 
+import "github.com/wsplice/wsplice/userspace/dataplane"
+
 // SockState is one spliced socket as the slow path and the verdict see it.
 type SockState struct {
 	Cookie     uint64 `json:"cookie"`
@@ -36,7 +38,7 @@ func (s *Splicer) DebugPairs() any {
 				st.Passed, st.Redirected, st.Notified = bs.Passed, bs.Redirected, bs.Notified
 			}
 			st.Given, _ = bytesGiven(sk.fd)
-			if ti, err := tcpInfo(sk.fd); err == nil {
+			if ti, err := dataplane.TCPInfo(sk.fd); err == nil {
 				st.Received = ti.Bytes_received
 			}
 			if err := sockError(sk.fd); err != nil {

@@ -2,11 +2,12 @@ package loader
 
 import (
 	"errors"
-	"fmt"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wsplice/wsplice/userspace/dataplane"
 )
 
 // kickHeld marks a pending event in pair.pending (event masks never use
@@ -350,7 +351,7 @@ func (s *Splicer) finish(src *sock) bool {
 			s.abort(p, src)
 			return true
 		}
-		ti, err := tcpInfo(src.fd)
+		ti, err := dataplane.TCPInfo(src.fd)
 		if err != nil {
 			s.abort(p, src)
 			return true
@@ -392,7 +393,7 @@ func (s *Splicer) finishNow(src *sock) bool {
 	if err != nil || st.Passed != src.consumed {
 		return false
 	}
-	ti, err := tcpInfo(src.fd)
+	ti, err := dataplane.TCPInfo(src.fd)
 	// tcpi_bytes_received counts the FIN as one byte (KERNEL-NOTES 13).
 	if err != nil || st.Passed+st.Redirected+1 < ti.Bytes_received {
 		return false
@@ -488,7 +489,7 @@ func kickWriter(fd int) {
 // did not move around the SIOCOUTQ read.
 func bytesGiven(fd int) (uint64, error) {
 	for {
-		before, err := tcpInfo(fd)
+		before, err := dataplane.TCPInfo(fd)
 		if err != nil {
 			return 0, err
 		}
@@ -496,7 +497,7 @@ func bytesGiven(fd int) (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
-		after, err := tcpInfo(fd)
+		after, err := dataplane.TCPInfo(fd)
 		if err != nil {
 			return 0, err
 		}
@@ -511,7 +512,7 @@ func bytesGiven(fd int) (uint64, error) {
 // send queue to the acked count, so the sum can come out short, never
 // long. Enough for waiting until a socket holds a given number of bytes.
 func bytesGivenAtLeast(fd int) (uint64, error) {
-	ti, err := tcpInfo(fd)
+	ti, err := dataplane.TCPInfo(fd)
 	if err != nil {
 		return 0, err
 	}
@@ -520,21 +521,6 @@ func bytesGivenAtLeast(fd int) (uint64, error) {
 		return 0, err
 	}
 	return ti.Bytes_acked + uint64(outq), nil
-}
-
-// tcpInfo reads TCP_INFO into a value that stays on the caller's stack:
-// x/sys's GetsockoptTCPInfo allocates one per call, which came to a
-// kilobyte of garbage per handshake (the heap's growth between GCs is
-// the daemon's RSS).
-func tcpInfo(fd int) (unix.TCPInfo, error) {
-	var ti unix.TCPInfo
-	n := uint32(unsafe.Sizeof(ti))
-	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_INFO,
-		uintptr(unsafe.Pointer(&ti)), uintptr(unsafe.Pointer(&n)), 0)
-	if e != 0 {
-		return ti, fmt.Errorf("getsockopt TCP_INFO: %w", e)
-	}
-	return ti, nil
 }
 
 // writeAll writes b to a non-blocking socket, waiting while it is full;

@@ -161,7 +161,7 @@ func (s *Splicer) insert(fd int) (cookie, base uint64, err error) {
 	// empty and what it was given so far (bytesGiven) is its acked count
 	// alone: 1 on a socket we connected (the SYN), 0 on an accepted one.
 	// Measured, not assumed; one TCP_INFO read, exact without SIOCOUTQ.
-	ti, err := tcpInfo(fd)
+	ti, err := dataplane.TCPInfo(fd)
 	if err != nil {
 		return 0, 0, fmt.Errorf("read TCP_INFO: %w", err)
 	}
@@ -541,7 +541,7 @@ const rawWriteTimeout = 10 * time.Second
 // one (seen as a lost echo in 1 of ~40,000 churn connections). Reading
 // TCP_INFO takes the lock (lock_sock_fast), which waits for it.
 func verdictBarrier(fd int) error {
-	if _, err := tcpInfo(fd); err != nil {
+	if _, err := dataplane.TCPInfo(fd); err != nil {
 		return fmt.Errorf("wait for running verdicts: %w", err)
 	}
 	return nil

@@ -8,10 +8,10 @@ import (
 
 // fakeIdler is a pair whose activity the test sets.
 type fakeIdler struct {
-	entry   IdleEntry
-	start   time.Time
-	last    atomic.Int64 // ns since start of the last activity
-	gone    atomic.Bool
+	entry IdleEntry
+	start time.Time
+	last  atomic.Int64 // ns since start of the last activity
+	gone  atomic.Bool
 	// delivered stands for the bytes a slow reader took: progress with
 	// no activity.
 	delivered atomic.Uint64

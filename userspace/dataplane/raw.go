@@ -78,14 +78,26 @@ const rawWriteTimeout = 10 * time.Second
 // the bytes received from it (TCP_INFO), for the idle timeout: it grows
 // while the connection moves bytes either way, whoever holds them.
 func TCPProgress(fd int) (uint64, error) {
+	ti, err := TCPInfo(fd)
+	if err != nil {
+		return 0, err
+	}
+	return ti.Bytes_acked + ti.Bytes_received, nil
+}
+
+// TCPInfo reads TCP_INFO into a value that stays on the caller's stack:
+// x/sys's GetsockoptTCPInfo allocates one per call, which came to a
+// kilobyte of garbage per handshake on the kernel path (the heap's growth
+// between GCs is the daemon's RSS).
+func TCPInfo(fd int) (unix.TCPInfo, error) {
 	var ti unix.TCPInfo
 	n := uint32(unsafe.Sizeof(ti))
 	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_INFO,
 		uintptr(unsafe.Pointer(&ti)), uintptr(unsafe.Pointer(&n)), 0)
 	if e != 0 {
-		return 0, fmt.Errorf("getsockopt TCP_INFO: %w", e)
+		return ti, fmt.Errorf("getsockopt TCP_INFO: %w", e)
 	}
-	return ti.Bytes_acked + ti.Bytes_received, nil
+	return ti, nil
 }
 
 // connProgress is TCPProgress of c's socket, 0 once it is closed.
