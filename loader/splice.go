@@ -54,9 +54,9 @@ type pair struct {
 	s     *Splicer
 	mu    sync.Mutex
 	socks [2]*sock // client, backend
-	users int      // drain goroutines running; fds close when it drops to 0
 	// pending holds, per socket, events that came before ready.
 	pending [2]uint32
+	users   int32 // drain goroutines running; fds close when it drops to 0
 	closed  bool
 	// ready is set once Splice has finished setting the pair up; events
 	// before that are kept in pending (per socket) and replayed then.
