@@ -161,7 +161,7 @@ func TestRedisRestart(t *testing.T) {
 		before = c.message(t).Seq
 	}
 
-	r.restart(t, 0)
+	r.restart(t)
 	const n = 3
 	for i := range n {
 		bob.send(t, map[string]string{"type": "message", "id": fmt.Sprintf("after-%d", i), "user": "bob", "text": "2"})
@@ -298,11 +298,10 @@ func (r *testRedis) stop() {
 }
 
 // restart stops Redis, losing everything it held, and starts it again on
-// the same port after down; it returns once Redis answers.
-func (r *testRedis) restart(t *testing.T, down time.Duration) {
+// the same port; it returns once Redis answers.
+func (r *testRedis) restart(t *testing.T) {
 	t.Helper()
 	r.stop()
-	time.Sleep(down)
 	r.start(t)
 }
 

@@ -39,8 +39,7 @@ type IdleEntry struct {
 	at        int64 // next check (monoNow)
 	index     int32 // in the heap, when queued (Remove checks the slot holds it)
 	removed   bool
-	sampled   bool   // delivered holds a sample
-	delivered uint64 // Delivered at the last check
+	delivered uint64 // Delivered at the last check (0 before the first)
 }
 
 // Idler is a pair an IdleQueue watches.
@@ -151,13 +150,13 @@ func (q *IdleQueue) fire() {
 		d := x.Delivered()
 		wait := e.timeout - int64(idle)
 		if idle >= time.Duration(e.timeout) {
-			if e.sampled && d == e.delivered {
+			if d == e.delivered {
 				x.IdleExpire(idle)
 				continue
 			}
 			wait = e.timeout // progressed since the last check: still draining
 		}
-		e.delivered, e.sampled = d, true
+		e.delivered = d
 		q.mu.Lock()
 		if !e.removed && !q.stopped {
 			e.at = monoNow() + wait

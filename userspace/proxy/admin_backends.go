@@ -132,11 +132,7 @@ func parseBackendBody(body []byte) (backend.Spec, error) {
 		}
 		sp.Weight = *js.Weight
 	}
-	if err := sp.Check(); err != nil {
-		return backend.Spec{}, err
-	}
-	sp.Addr = backend.CanonicalAddr(sp.Addr)
-	return sp, nil
+	return sp, sp.Check() // the pool spells the address its one way
 }
 
 // decodeStrict decodes one JSON value into v: unknown fields and anything

@@ -61,20 +61,18 @@ func (p *Proxy) Reload(cfg Config) (ignored []string, err error) {
 	cfg.NoHandshakeLoop = old.NoHandshakeLoop
 	cfg.Backends = slices.Clone(cfg.Backends)
 
+	policy, err := backend.ParsePolicy(cfg.Balance) // validated: cannot fail
+	if err != nil {
+		return nil, fmt.Errorf("balance: %w", err)
+	}
 	var pool BackendSetter = p.pool
 	if err := pool.SetBackends(cfg.Backends); err != nil {
 		return nil, fmt.Errorf("backends: %w", err)
 	}
 	if cfg.Balance != old.Balance {
-		policy, err := backend.ParsePolicy(cfg.Balance)
-		if err != nil { // validated above
-			return nil, fmt.Errorf("balance: %w", err)
-		}
 		p.pool.SetPolicy(policy)
 	}
-	if err := p.pool.SetHealth(cfg.Health); err != nil { // validated above
-		return nil, fmt.Errorf("health: %w", err)
-	}
+	_ = p.pool.SetHealth(cfg.Health) // validated with cfg
 	p.live.Store(&cfg)
 	if cfg.TCPKeepAliveOff != old.TCPKeepAliveOff && !p.shuttingDown.Load() {
 		if err := p.setListenersKeepAlive(cfg.TCPKeepAliveOff); err != nil {
