@@ -133,7 +133,9 @@ func TestIdleQueueMany(t *testing.T) {
 	fs := make([]*fakeIdler, n)
 	for i := range fs {
 		fs[i] = newFakeIdler()
-		q.Add(fs[i], time.Duration(20+i%50)*time.Millisecond)
+		// Long enough that no check (the first comes at half the
+		// timeout) pops pairs while the heap is counted below.
+		q.Add(fs[i], time.Duration(200+i%50)*time.Millisecond)
 	}
 	for i := 0; i < n; i += 2 {
 		q.Remove(fs[i])
@@ -145,7 +147,7 @@ func TestIdleQueueMany(t *testing.T) {
 	for i := 1; i < n; i += 2 {
 		select {
 		case d := <-fs[i].expired:
-			if want := time.Duration(20+i%50) * time.Millisecond; d < want {
+			if want := time.Duration(200+i%50) * time.Millisecond; d < want {
 				t.Fatalf("pair %d expired after %v idle, timeout %v", i, d, want)
 			}
 		case <-deadline:
