@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,16 +42,19 @@ type run struct {
 	Achieved   float64 `json:"achieved_rate"`
 	Latency    *lat    `json:"latency"`
 	HsLatency  *lat    `json:"handshake_latency"`
-	CPUPerM    float64 `json:"cpu_s_per_million"`
-	CPUPerMNet float64 `json:"cpu_s_per_million_net"`
 	CPUPerMAtt float64 `json:"cpu_s_per_million_attributed"`
-	CPUPerGB   float64 `json:"cpu_s_per_gb"`
 	Steal      float64 `json:"steal_fraction"`
 	Background float64 `json:"background_cpus"`
+	DurationS  float64 `json:"duration_s"`
+	Messages   float64 `json:"messages"`
+	BytesEcho  float64 `json:"bytes_echoed"`
 	CPU        struct {
 		Softirq float64 `json:"softirq_s"`
 		System  float64 `json:"system_s"`
 		Busy    float64 `json:"busy_s"`
+		Idle    float64 `json:"idle_s"`
+		Steal   float64 `json:"steal_s"`
+		NonIdle float64 `json:"nonidle_s"`
 	} `json:"cpu"`
 	Idle *struct {
 		Conns         int     `json:"conns"`
@@ -133,7 +137,27 @@ func main() {
 	}
 }
 
+// systemCPU is the run's CPU seconds system-wide: cpu.nonidle_s (CPUs x
+// wall time - idle - steal), or, from a generator that did not write it
+// yet, the same from the machine's vCPUs and the measured duration. Not
+// cpu.busy_s: the tick-sampled busy fields missed up to 40% of the time
+// at a partial load on this project's VMs (cmd/wsplice-load, cpuUsage).
+func systemCPU(r run, vcpus float64) float64 {
+	if r.CPU.NonIdle > 0 {
+		return r.CPU.NonIdle
+	}
+	if vcpus <= 0 || r.DurationS <= 0 {
+		return math.NaN()
+	}
+	return max(0, vcpus*r.DurationS-r.CPU.Idle-r.CPU.Steal)
+}
+
 func build(dir string) error {
+	var machine map[string]any
+	if b, err := os.ReadFile(filepath.Join(dir, "machine.json")); err == nil {
+		json.Unmarshal(b, &machine)
+	}
+	vcpus, _ := machine["vcpus"].(float64)
 	files, err := filepath.Glob(filepath.Join(dir, "raw", "*.json"))
 	if err != nil {
 		return err
@@ -185,9 +209,11 @@ func build(dir string) error {
 				add(t, "ol_p99", r.Latency.P99)
 				add(t, "ol_p999", r.Latency.P999)
 			}
-			add(t, "ol_cpu_sys_us", r.CPUPerM) // s per million = µs per message
+			if sys := systemCPU(r, vcpus); r.Messages > 0 && !math.IsNaN(sys) {
+				add(t, "ol_cpu_sys_us", sys/r.Messages*1e6) // s per million = µs per message
+				add(t, "ol_cpu_net_us", max(0, sys-r.Background*r.DurationS)/r.Messages*1e6)
+			}
 			add(t, "ol_cpu_us", r.CPUPerMAtt)
-			add(t, "ol_cpu_net_us", r.CPUPerMNet) // less background
 			add(t, "ol_rate", r.Achieved)
 		case "closed-loop":
 			add(t, "cl_msgs", r.MsgsPerS)
@@ -195,14 +221,18 @@ func build(dir string) error {
 				add(t, "cl_p50", r.Latency.P50)
 				add(t, "cl_p99", r.Latency.P99)
 			}
-			add(t, "cl_cpu_sys_us", r.CPUPerM)
+			if sys := systemCPU(r, vcpus); r.Messages > 0 && !math.IsNaN(sys) {
+				add(t, "cl_cpu_sys_us", sys/r.Messages*1e6)
+			}
 			add(t, "cl_cpu_us", r.CPUPerMAtt)
 			if r.CPU.Busy > 0 {
 				add(t, "cl_softirq_share", r.CPU.Softirq/r.CPU.Busy)
 			}
 		case "bulk":
 			add(t, "bulk_mbs", r.MBPerS)
-			add(t, "bulk_cpu_gb", r.CPUPerGB)
+			if sys := systemCPU(r, vcpus); r.BytesEcho > 0 && !math.IsNaN(sys) {
+				add(t, "bulk_cpu_gb", sys/(r.BytesEcho/1e9))
+			}
 		case "handshake":
 			add(t, "hs_rate", r.HsPerS)
 			add(t, "hs_cpu_us", r.CPUPerMAtt) // s per million = µs per handshake
@@ -221,10 +251,6 @@ func build(dir string) error {
 	}
 	m := summarizeAll(samples)
 	quiet.m = summarizeAll(quietSamples)
-	var machine map[string]any
-	if b, err := os.ReadFile(filepath.Join(dir, "machine.json")); err == nil {
-		json.Unmarshal(b, &machine)
-	}
 	out, err := json.MarshalIndent(map[string]any{"machine": machine, "summary": m, "summary_quiet": quiet.m, "quiet_steal_max": quietSteal, "quiet_background_max": quietBackground, "runs": raw}, "", "  ")
 	if err != nil {
 		return err

@@ -156,3 +156,37 @@ func TestPartialRun(t *testing.T) {
 		t.Errorf("a Charts heading without charts:\n%s", md)
 	}
 }
+
+// System-wide CPU per message comes from cpu.nonidle_s, or, in results of
+// a generator that did not write it, from the vCPUs x duration less idle
+// and steal; never from the tick-sampled busy_s.
+func TestSystemCPU(t *testing.T) {
+	dir := rawDir(t)
+	if err := os.WriteFile(filepath.Join(dir, "machine.json"), []byte(`{"vcpus": 2}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// direct: 5 s of 20 non-idle, per 50,000 messages = 100 µs a message.
+	writeRun(t, dir, "direct", "open-loop", 1, map[string]any{"mode": "open-loop", "messages": 50000, "duration_s": 10,
+		"cpu": map[string]any{"busy_s": 1, "idle_s": 14, "steal_s": 1, "nonidle_s": 5}, "integrity_ok": true})
+	// sockmap, old format: 2*10 - 12 - 0 = 8 s = 160 µs a message.
+	writeRun(t, dir, "sockmap", "open-loop", 1, map[string]any{"mode": "open-loop", "messages": 50000, "duration_s": 10,
+		"cpu": map[string]any{"busy_s": 1, "idle_s": 12}, "integrity_ok": true})
+	buildReport(t, dir)
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Summary map[string]map[string]struct {
+			Median float64 `json:"median"`
+		} `json:"summary"`
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	for target, want := range map[string]float64{"direct": 100, "sockmap": 160} {
+		if got := res.Summary[target]["ol_cpu_sys_us"].Median; got != want {
+			t.Errorf("%s system-wide CPU %.1f µs a message, want %.0f", target, got, want)
+		}
+	}
+}

@@ -100,7 +100,7 @@ type result struct {
 	// system (or the generator) could not keep up.
 	AchievedRate float64  `json:"achieved_rate,omitempty"`
 	CPU          cpuUsage `json:"cpu"`
-	// CPUPerMillion is busy CPU seconds system-wide per million echoes (or
+	// CPUPerMillion is CPU seconds system-wide (cpu.nonidle_s) per million echoes (or
 	// per million handshakes in handshake mode, per GB echoed in bulk).
 	CPUPerMillion float64 `json:"cpu_s_per_million,omitempty"`
 	CPUPerGB      float64 `json:"cpu_s_per_gb,omitempty"`
@@ -207,13 +207,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		t := time.Now()
 		time.Sleep(cfg.Baseline)
 		b, err := readCPU()
 		if err != nil {
 			return err
 		}
-		bg = cpuDelta(a, b).Busy / time.Since(t).Seconds()
+		bg = cpuDelta(a, b).NonIdle / b.at.Sub(a.at).Seconds()
 	}
 	var res *result
 	switch cfg.Mode {
@@ -230,8 +229,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	if res != nil {
 		res.config = cfg
-		if t := res.CPU.Busy + res.CPU.Idle + res.CPU.Steal; t > 0 {
-			res.StealFraction = res.CPU.Steal / t
+		if res.CPU.Capacity > 0 {
+			res.StealFraction = res.CPU.Steal / res.CPU.Capacity
 		}
 		res.Integrity = !errors.Is(err, errIntegrity)
 		res.BackgroundCPUs = bg
@@ -239,7 +238,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			res.CPUPerMillionAttr = res.CPU.Attributed / n * 1e6
 		}
 		if n := float64(res.Messages + res.Handshakes); n > 0 && res.CPUPerMillion > 0 {
-			res.CPUPerMillionNet = max(0, res.CPU.Busy-bg*res.DurationS) / n * 1e6
+			res.CPUPerMillionNet = max(0, res.CPU.NonIdle-bg*res.DurationS) / n * 1e6
 		}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")

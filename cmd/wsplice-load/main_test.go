@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/textproto"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -274,5 +275,29 @@ func TestTicksSince(t *testing.T) {
 	}
 	if got := ticksSince(b, b); got != 0 {
 		t.Fatalf("ticksSince of a snapshot and itself = %d", got)
+	}
+}
+
+// System-wide CPU is what the machine did not spend idle or stolen, over
+// CPUs x wall time: not the tick-sampled busy fields, which can fall short.
+func TestCPUDeltaNonIdle(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	a := cpuTimes{user: 100, system: 100, idle: 1000, steal: 10, cpus: 2, at: t0}
+	// 10 s on 2 CPUs: 20 s. Busy ticks add up to 2 s only, idle 9 s,
+	// steal 1 s: 8 s went unsampled.
+	b := cpuTimes{user: 200, system: 200, idle: 1900, steal: 110, cpus: 2, at: t0.Add(10 * time.Second)}
+	u := cpuDelta(a, b)
+	if u.Busy != 2 || u.Capacity != 20 || u.NonIdle != 10 {
+		t.Fatalf("busy %.1f capacity %.1f nonidle %.1f, want 2, 20, 10", u.Busy, u.Capacity, u.NonIdle)
+	}
+}
+
+func TestReadCPU(t *testing.T) {
+	c, err := readCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.cpus < 1 || c.cpus < runtime.NumCPU() || c.idle == 0 {
+		t.Fatalf("readCPU: %d CPUs (NumCPU %d), idle %d", c.cpus, runtime.NumCPU(), c.idle)
 	}
 }

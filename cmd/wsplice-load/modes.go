@@ -191,7 +191,7 @@ func runClosedLoop(ctx context.Context, cfg config) (*result, error) {
 	s := h.summary()
 	res.Latency = &s
 	if n > 0 {
-		res.CPUPerMillion = cpu.Busy / float64(n) * 1e6
+		res.CPUPerMillion = cpu.NonIdle / float64(n) * 1e6
 	}
 	return res, finish(res, &fe)
 }
@@ -339,7 +339,7 @@ func runOpenLoop(ctx context.Context, cfg config) (*result, error) {
 	s := h.summary()
 	res.Latency = &s
 	if h.n > 0 {
-		res.CPUPerMillion = cpu.Busy / float64(h.n) * 1e6
+		res.CPUPerMillion = cpu.NonIdle / float64(h.n) * 1e6
 	}
 	return res, finish(res, &fe)
 }
@@ -431,7 +431,7 @@ func runBulk(ctx context.Context, cfg config) (*result, error) {
 	res.MBPerS = float64(res.BytesEcho) / 1e6 / el.Seconds()
 	res.MsgsPerS = float64(n) / el.Seconds()
 	if res.BytesEcho > 0 {
-		res.CPUPerGB = cpu.Busy / (float64(res.BytesEcho) / 1e9)
+		res.CPUPerGB = cpu.NonIdle / (float64(res.BytesEcho) / 1e9)
 	}
 	return res, finish(res, &fe)
 }
@@ -507,7 +507,7 @@ func runHandshake(ctx context.Context, cfg config) (*result, error) {
 	s := h.summary()
 	res.HsLatency = &s
 	if n > 0 {
-		res.CPUPerMillion = cpu.Busy / float64(n) * 1e6
+		res.CPUPerMillion = cpu.NonIdle / float64(n) * 1e6
 	}
 	err = finish(res, &fe)
 	if err != nil && !errors.Is(err, errIntegrity) && float64(res.Errors) <= 0.01*float64(attempts.Load()) {
