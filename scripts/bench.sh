@@ -72,7 +72,10 @@ if [[ $EUID -ne 0 ]]; then
 	# go through sudo (passwordless in a Vagrant box), keeping the knobs.
 	command -v sudo >/dev/null || die "run as root: the kernel path loads BPF (sudo make bench)"
 	say "not root: running again under sudo"
-	exec sudo -E bash "$repo/scripts/bench.sh" "$@"
+	# HOME=/root: Go's build and module caches go to root's, not into
+	# the user's home as root-owned files; what the run writes in the
+	# tree (bin/, bench/results/) is handed back to the user at exit.
+	exec sudo -E env HOME=/root bash "$repo/scripts/bench.sh" "$@"
 fi
 
 smoke=${WSPLICE_BENCH_SMOKE:-0}
@@ -127,6 +130,10 @@ cleanup() {
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	for p in "${namespaces[@]}"; do ip netns del "$p" 2>/dev/null || true; done
 	rm -rf "$run"
+	# Started by a user through sudo: the files this run wrote are theirs.
+	if [[ -n ${SUDO_UID:-} && -n ${SUDO_GID:-} ]]; then
+		chown -R "$SUDO_UID:$SUDO_GID" bin "$OUT" bench/results/latest* 2>/dev/null || true
+	fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -185,10 +192,13 @@ target_addr() {
 	if [[ $1 == direct ]]; then echo "$backend"; else echo "$lb_host:${port[$1]}"; fi
 }
 
-wait_port() { # wait until the generator's side can connect to host $1 port $2
+port_open() { # whether the generator's side can connect to host $1 port $2
+	"${cli_x[@]}" bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
+}
+wait_port() { # wait until port_open
 	local i
 	for i in $(seq 100); do
-		"${cli_x[@]}" bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null && return 0
+		port_open "$1" "$2" && return 0
 		sleep 0.05
 	done
 	return 1
@@ -236,9 +246,14 @@ start_target() {
 	! is_tls "$t" || tls_cert
 	case $t in
 	direct) return 0 ;;
+	esac
+	# Something else on the port (a leftover of an earlier run) would be
+	# measured in the target's place.
+	! port_open "$lb_host" "$p" || die "port $p is already in use: $t cannot be started there (PORT_BASE moves every port)"
+	case $t in
 	sockmap | userspace)
 		"${lb_x[@]}" bin/wsplice --listen "$lb_host:$p" --backend "$backend" --dataplane "$t" \
-			--admin "127.0.0.1:$((p + 90))" --log-level warn --drain-timeout 1s >"$run/$t.log" 2>&1 &
+			--admin "127.0.0.1:$((p + 90))" --log-level warn --drain-timeout 1s --idle-timeout 1h >"$run/$t.log" 2>&1 &
 		target_pid=$!
 		target_pids=$target_pid
 		;;
@@ -246,7 +261,7 @@ start_target() {
 		# TLS pairs are relayed by Go whatever the data path (the
 		# README's TLS section): --dataplane only names the plain one.
 		"${lb_x[@]}" bin/wsplice --listen-tls "$lb_host:$p" --tls-cert "$run/tls.crt" --tls-key "$run/tls.key" \
-			--backend "$backend" --admin "127.0.0.1:$((p + 90))" --log-level warn --drain-timeout 1s >"$run/$t.log" 2>&1 &
+			--backend "$backend" --admin "127.0.0.1:$((p + 90))" --log-level warn --drain-timeout 1s --idle-timeout 1h >"$run/$t.log" 2>&1 &
 		target_pid=$!
 		target_pids=$target_pid
 		;;
@@ -270,12 +285,16 @@ start_target() {
 	esac
 	pids+=("$target_pid")
 	wait_port "$lb_host" "$p" || { cat "$run/$t.log" "$run"/*.log >&2 || true; die "$t did not start listening on $p"; }
-	if [[ $t == nginx* ]]; then # master and its workers
-		target_pids=$(
-			echo "$target_pid"
-			pgrep -P "$target_pid"
-		)
-		target_pids=$(echo $target_pids | tr ' ' ,)
+	kill -0 "$target_pid" 2>/dev/null || { cat "$run/$t.log" >&2 || true; die "$t exited after starting"; }
+	if [[ $t == nginx* ]]; then # master and its workers, once all are up
+		local i workers=
+		for i in $(seq 100); do
+			workers=$(pgrep -P "$target_pid" | tr '\n' ' ')
+			[[ $(wc -w <<<"$workers") -lt $nproc ]] || break
+			sleep 0.05
+		done
+		[[ $(wc -w <<<"$workers") -ge $nproc ]] || die "nginx started $(wc -w <<<"$workers") workers, not $nproc"
+		target_pids=$(echo "$target_pid" $workers | tr ' ' ,)
 	fi
 }
 stop_target() {
@@ -289,10 +308,12 @@ stop_target() {
 }
 
 start_backend() {
+	! port_open "$be_host" "$backend_port" || die "port $backend_port is already in use: the echo backend cannot be started there (PORT_BASE moves every port)"
 	"${be_x[@]}" bin/wsplice-echo --listen "$backend" --name echo1 --log-level warn >"$run/echo.log" 2>&1 &
 	backend_pid=$!
 	pids+=("$backend_pid")
 	wait_port "$be_host" "$backend_port" || die "the echo backend did not start"
+	kill -0 "$backend_pid" 2>/dev/null || die "the echo backend exited after starting: $(tail -1 "$run/echo.log")"
 }
 
 load() { # scenario target rep: one run of the generator, JSON into raw/
@@ -308,10 +329,22 @@ load() { # scenario target rep: one run of the generator, JSON into raw/
 	say "rep $r/$REPS: $t $s"
 	local cpu_pids=$backend_pid
 	[[ -z $target_pids ]] || cpu_pids+=,$target_pids
-	if ! "${cli_x[@]}" bin/wsplice-load --mode "$s" --addr "$(target_addr "$t")" --duration "$DURATION" --warmup "$WARMUP" \
-		--label "$t" --cpu-pids "$cpu_pids" "${args[@]}" >"$f" 2>"$run/load.err"; then
+	# In the background, so that a signal to this script is handled at
+	# once (bash runs traps only between foreground commands); the result
+	# goes into raw/ only if the run succeeded: the report reads every
+	# file there. A failed run's result is kept in raw/failed/.
+	"${cli_x[@]}" bin/wsplice-load --mode "$s" --addr "$(target_addr "$t")" --duration "$DURATION" --warmup "$WARMUP" \
+		--label "$t" --cpu-pids "$cpu_pids" "${args[@]}" >"$run/load.json" 2>"$run/load.err" &
+	local lp=$! rc=0
+	pids+=("$lp")
+	wait "$lp" || rc=$?
+	if [[ $rc == 0 ]]; then
+		mv "$run/load.json" "$f"
+	else
 		cat "$run/load.err" >&2
-		echo "$t $s rep $r: $(cat "$run/load.err" | tail -1)" >>"$OUT/failures.txt"
+		echo "$t $s rep $r: $(tail -1 "$run/load.err")" >>"$OUT/failures.txt"
+		mkdir -p "$OUT/raw/failed"
+		mv "$run/load.json" "$OUT/raw/failed/${f##*/}"
 		if grep -q 'integrity error' "$run/load.err"; then
 			integrity_failed=1
 		fi
@@ -393,12 +426,17 @@ cp "$run"/*.cfg "$run"/*.conf "$OUT/" 2>/dev/null || true
 say "writing the report"
 (cd bench && go run ./report -in "$OUT") >&2
 say "report: $OUT/report.md"
-if [[ $LATEST == 1 ]]; then
+if [[ $LATEST == 1 && ! -s $OUT/failures.txt && $integrity_failed == 0 ]]; then
 	cp "$OUT/report.md" bench/results/latest.md
-	for f in "$OUT"/*.png; do cp "$f" "bench/results/latest-$(basename "$f")"; done
+	for f in "$OUT"/*.png; do
+		[[ -e $f ]] || continue # a run of scenarios that draw no chart
+		cp "$f" "bench/results/latest-$(basename "$f")"
+	done
 	# Charts are referenced from latest.md by their latest-* names.
 	sed -i 's|(\([a-z-]*\.png\))|(latest-\1)|g' bench/results/latest.md
 	say "copied to bench/results/latest.md"
+elif [[ $LATEST == 1 ]]; then
+	say "bench/results/latest.md left as it was: this run had failures"
 fi
 if [[ -s $OUT/failures.txt ]]; then
 	say "some runs failed:"

@@ -117,8 +117,8 @@ func charts(dir string, m metrics) error {
 	if err := single(m, filepath.Join(dir, "throughput.png"), "Closed-loop echo throughput (64 B)", "msgs/s", "cl_msgs", 1, false); err != nil {
 		return err
 	}
-	if err := grouped(m, filepath.Join(dir, "cpu.png"), "System-wide CPU per message (generator + proxy + backend)",
-		"µs CPU per echoed message", []string{"ol_cpu_us", "cl_cpu_us"},
+	if err := grouped(m, filepath.Join(dir, "cpu.png"), "System-wide CPU per message (/proc/stat: CPUs x wall - idle - steal)",
+		"µs CPU per echoed message", []string{"ol_cpu_sys_us", "cl_cpu_sys_us"},
 		[]string{"open-loop (fixed rate)", "closed-loop (saturated)"}, 1); err != nil {
 		return err
 	}
