@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"math/bits"
 	"time"
 )
@@ -66,12 +67,17 @@ func (h *histogram) merge(o *histogram) {
 }
 
 // quantile returns the value at quantile q (0..1): the smallest recorded
-// value with at least q of the samples at or below it.
+// value with at least q of the samples at or below it, the ceil(q*n)-th
+// (at least the first). Rounding q*n to the nearest instead would take
+// the 5th of 10 samples for q=0.54, with only 50% at or below it.
 func (h *histogram) quantile(q float64) time.Duration {
 	if h.n == 0 {
 		return 0
 	}
-	rank := uint64(q*float64(h.n) + 0.5)
+	// q*n in floating point can land just above a whole number
+	// (0.54*450 = 243.00000000000003), which ceil would take one rank
+	// too far: shave a relative 1e-12 off first.
+	rank := uint64(math.Ceil(q * float64(h.n) * (1 - 1e-12)))
 	if rank < 1 {
 		rank = 1
 	}

@@ -6,12 +6,15 @@
 //	open-loop    fixed aggregate rate of small messages over many connections;
 //	             latency from each message's scheduled send time, so a stall
 //	             delays every message scheduled behind it (no coordinated
-//	             omission)
+//	             omission); every message scheduled in the measured window
+//	             is sent and timed, past the window's end if a stall made
+//	             the sender late
 //	closed-loop  as many small-message echoes as N connections can do
 //	bulk         large frames (1 MiB by default), MB/s
 //	handshake    new connections per second: dial, handshake, one echo, close
 //	idle         open --conns idle connections, report the memory per
 //	             connection of the processes in --pids and of the kernel
+//	             (the slope from half of them open to all)
 //
 // CPU is measured system-wide from /proc/stat over the measured interval.
 // An integrity error (an echo that is not exactly what was sent) makes the
@@ -38,7 +41,12 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	// SIGINT and SIGTERM cancel the run: it stops early, still prints its
+	// result (marked interrupted) and exits 1.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
@@ -96,8 +104,10 @@ type result struct {
 	Handshakes uint64          `json:"handshakes,omitempty"`
 	HsPerS     float64         `json:"handshakes_per_s,omitempty"`
 	HsLatency  *latencySummary `json:"handshake_latency,omitempty"`
-	// AchievedRate is the open-loop rate actually sent; below Rate the
-	// system (or the generator) could not keep up.
+	// AchievedRate is the open-loop rate actually sent: the messages of
+	// the measured window sent before its end, per second. Below Rate the
+	// system (or the generator) could not keep up; the late messages are
+	// still sent and timed after the window.
 	AchievedRate float64  `json:"achieved_rate,omitempty"`
 	CPU          cpuUsage `json:"cpu"`
 	// CPUPerMillion is CPU seconds system-wide (cpu.nonidle_s) per million echoes (or
@@ -119,6 +129,9 @@ type result struct {
 	Errors            uint64      `json:"errors"`
 	FirstError        string      `json:"first_error,omitempty"`
 	Integrity         bool        `json:"integrity_ok"`
+	// Interrupted: a signal cut the run short, the figures cover only
+	// part of it (the exit status is 1).
+	Interrupted bool `json:"interrupted,omitempty"`
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -132,7 +145,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.Conns, "conns", 0, "connections (default: open-loop 100, closed-loop 64, bulk 2, handshake 16 workers, idle 9800)")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measured time")
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "unmeasured time before it")
-	fs.Float64Var(&c.Rate, "rate", 10000, "open-loop: aggregate messages per second")
+	fs.Float64Var(&c.Rate, "rate", 10000, "open-loop: aggregate messages per second; all those scheduled in --duration are sent and timed, past its end if the sender fell behind")
 	fs.IntVar(&c.Size, "size", 0, "message size in bytes (default 64; bulk 1 MiB)")
 	fs.IntVar(&c.Window, "window", 2, "bulk: messages in flight per connection")
 	fs.StringVar(&pids, "pids", "", "idle: comma-separated PIDs whose summed RSS is the balancer's memory")
@@ -172,6 +185,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("%w: --window must be positive", errUsage)
 	case c.Duration <= 0:
 		return c, fmt.Errorf("%w: --duration must be positive", errUsage)
+	case c.Mode == "idle" && c.Conns < 2:
+		return c, fmt.Errorf("%w: idle --conns must be at least 2 (the memory per connection is a slope between two halves)", errUsage)
 	}
 	if c.Mode == "handshake" {
 		c.Concurrency, c.Conns = c.Conns, 0
@@ -193,14 +208,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	return c, nil
 }
 
-func run(args []string, stdout, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
+	t0 := time.Now()
 	var bg float64
 	if cfg.Baseline > 0 && cfg.Mode != "idle" {
 		a, err := readCPU()
@@ -227,12 +240,28 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "idle":
 		res, err = runIdle(ctx, cfg)
 	}
+	integrity := !errors.Is(err, errIntegrity)
+	interrupted := ctx.Err() != nil
+	if interrupted {
+		// The figures cover part of the run only: they must not pass for
+		// a complete one, whatever else went wrong.
+		msg := fmt.Sprintf("interrupted after %v", time.Since(t0).Round(time.Millisecond))
+		if cfg.Mode != "idle" { // idle has no planned length
+			msg += fmt.Sprintf(" of %v (baseline + warmup + duration)", cfg.Baseline+cfg.Warmup+cfg.Duration)
+		}
+		if err != nil {
+			err = fmt.Errorf("%s: %w", msg, err)
+		} else {
+			err = errors.New(msg)
+		}
+	}
 	if res != nil {
 		res.config = cfg
+		res.Interrupted = interrupted
 		if res.CPU.Capacity > 0 {
 			res.StealFraction = res.CPU.Steal / res.CPU.Capacity
 		}
-		res.Integrity = !errors.Is(err, errIntegrity)
+		res.Integrity = integrity
 		res.BackgroundCPUs = bg
 		if n := float64(res.Messages + res.Handshakes); n > 0 {
 			res.CPUPerMillionAttr = res.CPU.Attributed / n * 1e6

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/binary"
@@ -26,6 +27,12 @@ type fault struct {
 	corrupt bool          // flip one payload byte
 	stall   time.Duration // hold every connection's echoes this long
 	drop    bool          // swallow the message: no echo at all
+	rcvbuf  int           // SO_RCVBUF of the accepted connections, if not 0
+	reset   bool          // reset the connection (RST) instead of echoing
+	rsv1    bool          // echo with RSV1 set (as if compressed)
+	// badHandshake: answer the nth connection's handshake with a 503
+	// (connections counted apart from messages).
+	badHandshake uint64
 }
 
 // echoServer is a minimal WebSocket echo server (RFC 6455: unmasks client
@@ -33,12 +40,18 @@ type fault struct {
 type echoServer struct {
 	ln    net.Listener
 	f     fault
-	n     atomic.Uint64
-	stall sync.RWMutex // held for writing during a stall
+	n     atomic.Uint64 // messages
+	conns atomic.Uint64 // connections accepted
+	open  atomic.Int64  // connections open after their handshake
+	stall sync.RWMutex  // held for writing during a stall
 	wg    sync.WaitGroup
 }
 
 func startEcho(t *testing.T, f fault) string {
+	return startEchoServer(t, f).ln.Addr().String()
+}
+
+func startEchoServer(t *testing.T, f fault) *echoServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -48,7 +61,7 @@ func startEcho(t *testing.T, f fault) string {
 	s.wg.Add(1)
 	go s.serve()
 	t.Cleanup(func() { ln.Close(); s.wg.Wait() })
-	return ln.Addr().String()
+	return s
 }
 
 func (s *echoServer) serve() {
@@ -65,6 +78,9 @@ func (s *echoServer) serve() {
 			return
 		}
 		conns = append(conns, c)
+		if s.f.rcvbuf > 0 {
+			c.(*net.TCPConn).SetReadBuffer(s.f.rcvbuf)
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -84,11 +100,17 @@ func (s *echoServer) handle(c net.Conn) {
 	if err != nil {
 		return
 	}
+	if s.conns.Add(1) == s.f.badHandshake {
+		io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+		return
+	}
 	sum := sha1.Sum([]byte(h.Get("Sec-WebSocket-Key") + wsGUID))
 	if _, err := io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Accept: "+base64.StdEncoding.EncodeToString(sum[:])+"\r\n\r\n"); err != nil {
 		return
 	}
+	s.open.Add(1)
+	defer s.open.Add(-1)
 	var hdr [14]byte
 	for {
 		if _, err := io.ReadFull(r, hdr[:2]); err != nil {
@@ -122,12 +144,18 @@ func (s *echoServer) handle(c net.Conn) {
 			return
 		}
 		k := s.n.Add(1)
+		first := byte(0x80 | op)
 		if k == s.f.nth {
 			switch {
 			case s.f.corrupt:
 				p[len(p)-1] ^= 0x40
 			case s.f.drop:
 				continue
+			case s.f.reset:
+				c.(*net.TCPConn).SetLinger(0)
+				return
+			case s.f.rsv1:
+				first |= 0x40
 			case s.f.stall > 0:
 				s.stall.Lock()
 				time.Sleep(s.f.stall)
@@ -136,7 +164,7 @@ func (s *echoServer) handle(c net.Conn) {
 		}
 		s.stall.RLock()
 		s.stall.RUnlock()
-		out := []byte{0x80 | op}
+		out := []byte{first}
 		switch {
 		case n < 126:
 			out = append(out, byte(n))
@@ -155,8 +183,14 @@ func (s *echoServer) handle(c net.Conn) {
 // load runs the generator and returns its JSON result and error.
 func load(t *testing.T, args ...string) (map[string]any, error) {
 	t.Helper()
+	return loadCtx(t, context.Background(), args...)
+}
+
+// loadCtx is load with a context, canceled as a signal would.
+func loadCtx(t *testing.T, ctx context.Context, args ...string) (map[string]any, error) {
+	t.Helper()
 	var out, errb bytes.Buffer
-	err := run(append([]string{"--baseline", "0"}, args...), &out, &errb)
+	err := run(ctx, append([]string{"--baseline", "0"}, args...), &out, &errb)
 	var res map[string]any
 	if out.Len() > 0 {
 		if jerr := json.Unmarshal(out.Bytes(), &res); jerr != nil {
@@ -234,6 +268,35 @@ func TestOpenLoopStallShowsInPercentiles(t *testing.T) {
 	}
 }
 
+// A stall that outlasts the measured window blocks the sender (the server
+// reads nothing, the socket buffers fill) past the window's end: the
+// messages of the window it had not sent yet are sent late and timed all
+// the same, none missing from the histogram.
+func TestOpenLoopStallPastTheWindowKeepsEveryMessage(t *testing.T) {
+	// 100 msgs/s of 256 KiB over 2 connections, each sending every 20 ms:
+	// 150 messages in the 1.5 s window after a 100 ms warmup. The stall
+	// starts 0.8 s into the window (message 90) and ends 0.5 s after it;
+	// the 9 MB each connection sends meanwhile overflow its socket buffers
+	// (the client's send buffer grows to 4 MB).
+	addr := startEcho(t, fault{nth: 90, stall: 1200 * time.Millisecond, rcvbuf: 64 << 10})
+	res, err := load(t, "--mode", "open-loop", "--addr", addr, "--conns", "2", "--rate", "100", "--size", "262144",
+		"--warmup", "100ms", "--duration", "1500ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lat := res["latency"].(map[string]any)
+	if got := lat["count"].(float64); got != 150 {
+		t.Fatalf("%v echoes timed of the 150 messages scheduled in the window (%v)", got, lat)
+	}
+	// Else the sender never blocked and this proves nothing.
+	if r := res["achieved_rate"].(float64); r > 90 {
+		t.Fatalf("achieved rate %v of 100: the stall did not hold the sender past the window", r)
+	}
+	if mx := lat["max_us"].(float64); mx < 500_000 {
+		t.Fatalf("max latency %v µs after a 1.2 s stall", mx)
+	}
+}
+
 func TestHistogramQuantiles(t *testing.T) {
 	var h histogram
 	for i := 1; i <= 10000; i++ {
@@ -258,7 +321,7 @@ func TestHistogramQuantiles(t *testing.T) {
 }
 
 func TestUsage(t *testing.T) {
-	for _, args := range [][]string{{"--mode", "nope"}, {"--conns", "-1"}, {"--size", "3"}, {"extra"}} {
+	for _, args := range [][]string{{"--mode", "nope"}, {"--conns", "-1"}, {"--size", "3"}, {"extra"}, {"--mode", "idle", "--conns", "1"}} {
 		if _, err := load(t, args...); !errors.Is(err, errUsage) {
 			t.Errorf("%q: error %v, want a usage error", args, err)
 		}
@@ -299,5 +362,175 @@ func TestReadCPU(t *testing.T) {
 	}
 	if c.cpus < 1 || c.cpus < runtime.NumCPU() || c.idle == 0 {
 		t.Fatalf("readCPU: %d CPUs (NumCPU %d), idle %d", c.cpus, runtime.NumCPU(), c.idle)
+	}
+}
+
+// The quantile is the smallest value with at least q of the samples at or
+// below it: the ceil(q*n)-th, not the nearest rank.
+func TestHistogramQuantileRank(t *testing.T) {
+	var h histogram
+	for i := 1; i <= 10; i++ {
+		h.record(time.Duration(i))
+	}
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+	}{{0, 1}, {0.04, 1}, {0.1, 1}, {0.11, 2}, {0.5, 5}, {0.51, 6}, {0.54, 6}, {0.9, 9}, {0.91, 10}, {1, 10}} {
+		if got := h.quantile(c.q); got != c.want {
+			t.Errorf("1..10 ns: q%v = %v, want %v", c.q, got, c.want)
+		}
+	}
+	// 0.54*450 is 243.00000000000003 in floating point: still the 243rd.
+	var g histogram
+	for i := 1; i <= 450; i++ {
+		g.record(time.Duration(i))
+	}
+	if got := g.quantile(0.54); got != 243 {
+		t.Errorf("1..450 ns: q0.54 = %v, want 243ns", got)
+	}
+}
+
+// A frame with an RSV bit set (no extension was negotiated) or a reserved
+// opcode is a protocol error, not a frame to read or skip.
+func TestReadMessageRejectsReservedBitsAndOpcodes(t *testing.T) {
+	binary := []byte{0x82, 3, 'a', 'b', 'c'}
+	for _, c := range []struct {
+		name   string
+		frames []byte
+		want   string // error, or "" for the payload "abc"
+	}{
+		{"binary", binary, ""},
+		{"ping then binary", append([]byte{0x89, 1, 'x'}, binary...), ""},
+		{"RSV1", []byte{0xc2, 3, 'a', 'b', 'c'}, "frame with RSV1 set"},
+		{"RSV2", []byte{0xa2, 3, 'a', 'b', 'c'}, "frame with RSV2 set"},
+		{"RSV3", []byte{0x92, 3, 'a', 'b', 'c'}, "frame with RSV3 set"},
+		{"RSV1 on a ping", append([]byte{0xc9, 0}, binary...), "frame with RSV1 set"},
+		{"reserved data opcode", []byte{0x83, 3, 'a', 'b', 'c'}, "reserved opcode 0x3"},
+		{"reserved data opcode 0x7", []byte{0x87, 3, 'a', 'b', 'c'}, "reserved opcode 0x7"},
+		{"reserved control opcode", append([]byte{0x8b, 0}, binary...), "reserved opcode 0xb"},
+		{"reserved control opcode 0xf", append([]byte{0x8f, 1, 'x'}, binary...), "reserved opcode 0xf"},
+		{"reserved opcode in a fragmented message", []byte{0x02, 1, 'a', 0x84, 2, 'b', 'c'}, "reserved opcode 0x4"},
+	} {
+		w := &wsConn{r: bufio.NewReader(bytes.NewReader(c.frames))}
+		got, err := w.readMessage(nil)
+		switch {
+		case c.want == "" && (err != nil || string(got) != "abc"):
+			t.Errorf("%s: %q, %v; want \"abc\"", c.name, got, err)
+		case c.want != "" && (!errors.Is(err, errIntegrity) || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: %q, %v; want an integrity error %q", c.name, got, err, c.want)
+		}
+	}
+}
+
+// An echo with RSV1 set fails the run as an integrity error.
+func TestRSVFrameFailsTheRun(t *testing.T) {
+	addr := startEcho(t, fault{nth: 20, rsv1: true})
+	res, err := load(t, "--mode", "closed-loop", "--addr", addr, "--conns", "2", "--warmup", "100ms", "--duration", "400ms")
+	if !errors.Is(err, errIntegrity) {
+		t.Fatalf("an echo with RSV1: error %v, want an integrity error", err)
+	}
+	if res["integrity_ok"] != false || !strings.Contains(res["first_error"].(string), "frame with RSV1 set") {
+		t.Fatalf("result %v: want integrity_ok false and the RSV1 error", res)
+	}
+}
+
+// In handshake mode, a connection that fails after its 101 (here the
+// server resets it instead of echoing) lost data: the run fails, whatever
+// the share of such connections.
+func TestHandshakeEchoErrorFailsTheRun(t *testing.T) {
+	addr := startEcho(t, fault{nth: 20, reset: true})
+	res, err := load(t, "--mode", "handshake", "--addr", addr, "--conns", "2", "--warmup", "100ms", "--duration", "500ms")
+	if err == nil {
+		t.Fatalf("an echo lost after the handshake and the run passed: %v", res)
+	}
+	if errors.Is(err, errIntegrity) || res["integrity_ok"] != true {
+		t.Fatalf("a reset is not an integrity error: %v, integrity_ok %v", err, res["integrity_ok"])
+	}
+	if fe, _ := res["first_error"].(string); !strings.Contains(fe, "echo") || res["errors"].(float64) < 1 {
+		t.Fatalf("first_error %q, errors %v: want the echo's error", fe, res["errors"])
+	}
+}
+
+// A failed handshake (a refused connection under load) before the 101 is
+// counted, and tolerated up to 1% of the attempts.
+func TestHandshakeFewFailedHandshakesTolerated(t *testing.T) {
+	addr := startEcho(t, fault{badHandshake: 150})
+	res, err := load(t, "--mode", "handshake", "--addr", addr, "--conns", "2", "--warmup", "100ms", "--duration", "500ms")
+	if err != nil {
+		t.Fatalf("one failed handshake: %v", err)
+	}
+	if fe, _ := res["first_error"].(string); res["errors"] != 1.0 || !strings.Contains(fe, "503") || res["handshakes"].(float64) < 150 {
+		t.Fatalf("errors %v, first_error %q, handshakes %v: want the failed handshake reported", res["errors"], fe, res["handshakes"])
+	}
+}
+
+// A run cut short by a signal fails, with its partial result marked.
+func TestInterruptedRunFails(t *testing.T) {
+	for _, mode := range []string{"closed-loop", "open-loop"} {
+		t.Run(mode, func(t *testing.T) {
+			addr := startEcho(t, fault{})
+			ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+			defer cancel()
+			t0 := time.Now()
+			res, err := loadCtx(t, ctx, "--mode", mode, "--addr", addr, "--conns", "2", "--rate", "200", "--warmup", "100ms", "--duration", "10s")
+			if err == nil || !strings.Contains(err.Error(), "interrupted after") {
+				t.Fatalf("interrupted run: error %v, want \"interrupted after\"", err)
+			}
+			if d := time.Since(t0); d > 3*time.Second {
+				t.Fatalf("the interrupted run took %v", d)
+			}
+			if res == nil || res["interrupted"] != true || res["duration_s"].(float64) > 1 {
+				t.Fatalf("result %v: want it written, interrupted", res)
+			}
+		})
+	}
+}
+
+// Idle mode's memory per connection is the slope between the first half
+// of the connections and all of them: what a process grew by once, before
+// or with the first connections, does not count. The fake RSS and kernel
+// figures here grow by 5 MB with the first connection, then by 1000 B
+// (slab 300 B, TCP 4096 B) per open connection.
+func TestIdlePerConnIsASlope(t *testing.T) {
+	s := startEchoServer(t, fault{})
+	settle, rss, kmem := idleSettle, idleRSS, idleKernelMem
+	t.Cleanup(func() { idleSettle, idleRSS, idleKernelMem = settle, rss, kmem })
+	idleSettle = 10 * time.Millisecond
+	grown := func() int64 {
+		n := s.open.Load()
+		if n == 0 {
+			return 0
+		}
+		return 5_000_000 + n*1000
+	}
+	idleRSS = func([]int) (int64, error) { return 1_000_000 + grown(), nil }
+	idleKernelMem = func() (kernelMem, error) {
+		n := s.open.Load()
+		return kernelMem{SlabBytes: 7_000_000 + grown() + n*300, TCPMemBytes: n * 4096}, nil
+	}
+	res, err := load(t, "--mode", "idle", "--addr", s.ln.Addr().String(), "--conns", "20", "--pids", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle := res["idle"].(map[string]any)
+	for k, want := range map[string]float64{
+		"slope_conns":                   10,
+		"rss_before_bytes":              1_000_000,
+		"rss_half_bytes":                6_010_000,
+		"rss_after_bytes":               6_020_000,
+		"rss_per_conn_bytes":            1000,
+		"rss_growth_per_conn_bytes":     251_000,
+		"slab_per_conn_bytes":           1300,
+		"slab_growth_per_conn_bytes":    251_300,
+		"tcp_mem_per_conn_bytes":        4096,
+		"tcp_mem_growth_per_conn_bytes": 4096,
+	} {
+		if got := idle[k]; got != want {
+			t.Errorf("%s = %v, want %v", k, got, want)
+		}
+	}
+	// Every connection echoed once when opened and once at the end.
+	if got := s.n.Load(); got != 40 {
+		t.Errorf("%d echoes over 20 idle connections, want 40", got)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"net"
 	"net/textproto"
 	"strings"
@@ -149,7 +150,8 @@ func maskCopy(dst, p []byte, mask [4]byte) {
 // readMessage reads one binary message from the server into buf (grown if
 // needed) and returns its payload, joining continuation frames: the echo
 // server streams large messages as several frames. Ping and pong frames are
-// skipped; a close frame returns io.EOF.
+// skipped; a close frame returns io.EOF; a frame with an RSV bit set or a
+// reserved opcode is an integrity error.
 func (w *wsConn) readMessage(buf []byte) ([]byte, error) {
 	n := 0
 	started := false
@@ -161,6 +163,16 @@ func (w *wsConn) readMessage(buf []byte) ([]byte, error) {
 		fin, op := h[0]&0x80 != 0, h[0]&0x0f
 		if h[1]&0x80 != 0 {
 			return nil, fmt.Errorf("%w: masked frame from server", errIntegrity)
+		}
+		// The handshake negotiates no extension, so an RSV bit (RSV1:
+		// permessage-deflate) or a reserved opcode means the payload is
+		// not what this client can read: a protocol error (RFC 6455 5.2),
+		// not a frame to skip.
+		if rsv := h[0] & 0x70; rsv != 0 {
+			return nil, fmt.Errorf("%w: frame with RSV%d set", errIntegrity, bits.LeadingZeros8(rsv))
+		}
+		if op >= 0x3 && op <= 0x7 || op >= 0xb {
+			return nil, fmt.Errorf("%w: reserved opcode %#x", errIntegrity, op)
 		}
 		size := uint64(h[1] & 0x7f)
 		switch size {
