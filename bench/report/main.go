@@ -59,6 +59,7 @@ type run struct {
 	Idle *struct {
 		Conns         int     `json:"conns"`
 		RSSPerConn    float64 `json:"rss_per_conn_bytes"`
+		RSSGrowth     float64 `json:"rss_growth_per_conn_bytes"`
 		SlabPerConn   float64 `json:"slab_per_conn_bytes"`
 		TCPMemPerConn float64 `json:"tcp_mem_per_conn_bytes"`
 	} `json:"idle"`
@@ -244,6 +245,9 @@ func build(dir string) error {
 			if r.Idle != nil {
 				add(t, "idle_conns", float64(r.Idle.Conns))
 				add(t, "idle_rss", r.Idle.RSSPerConn)
+				if r.Idle.RSSGrowth != 0 { // from a generator that reports it
+					add(t, "idle_rss_growth", r.Idle.RSSGrowth)
+				}
 				add(t, "idle_slab", r.Idle.SlabPerConn)
 				add(t, "idle_tcpmem", r.Idle.TCPMemPerConn)
 			}

@@ -211,16 +211,16 @@ func markdown(dir string, m metrics, quiet quietRuns, machine map[string]any) st
 	}
 
 	p("## Details\n\n")
-	p("| target | open-loop p90 µs | p99.9 µs | achieved rate | system-wide CPU µs/msg (open-loop) | same less background | closed-loop p50 µs | p99 µs | attributed CPU µs/msg closed-loop | softirq share of busy CPU (closed-loop) | bulk CPU s/GB | handshake p50 µs | p99 µs | attributed CPU µs per handshake | idle conns | kernel TCP buffer per conn (B) | steal | background busy CPUs |\n")
-	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("| target | open-loop p90 µs | p99.9 µs | achieved rate | system-wide CPU µs/msg (open-loop) | same less background | closed-loop p50 µs | p99 µs | attributed CPU µs/msg closed-loop | softirq share of busy CPU (closed-loop) | bulk CPU s/GB | handshake p50 µs | p99 µs | attributed CPU µs per handshake | idle conns | balancer RSS growth per idle conn from start (B) | kernel TCP buffer per conn (B) | steal | background busy CPUs |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, t := range ts {
-		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", targetNames[t],
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", targetNames[t],
 			m.cell(t, "ol_p90", 1, 0), m.cell(t, "ol_p999", 1, 0), m.cell(t, "ol_rate", 1, 0), m.cell(t, "ol_cpu_sys_us", 1, 1), m.cell(t, "ol_cpu_net_us", 1, 1),
 			m.cell(t, "cl_p50", 1, 0), m.cell(t, "cl_p99", 1, 0), m.cell(t, "cl_cpu_us", 1, 1), m.cell(t, "cl_softirq_share", 100, 0)+"%",
-			m.cell(t, "bulk_cpu_gb", 1, 2), m.cell(t, "hs_p50", 1, 0), m.cell(t, "hs_p99", 1, 0), m.cell(t, "hs_cpu_us", 1, 0), m.cell(t, "idle_conns", 1, 0),
+			m.cell(t, "bulk_cpu_gb", 1, 2), m.cell(t, "hs_p50", 1, 0), m.cell(t, "hs_p99", 1, 0), m.cell(t, "hs_cpu_us", 1, 0), m.cell(t, "idle_conns", 1, 0), m.cell(t, "idle_rss_growth", 1, 0),
 			m.cell(t, "idle_tcpmem", 1, 0), m.cell(t, "steal", 100, 1)+"%", m.cell(t, "background", 1, 2))
 	}
-	p("\n\"Background busy CPUs\" is the system-wide CPU (non-idle, as above; the tick-sampled busy fields in results written before 2026-12-07T16) measured for one second before each run with no load: other work on this shared VM. ")
+	p("\nBalancer RSS per idle connection (summary) is the slope from half of the idle connections open to all of them; the growth from before the first is beside it here: it also counts whatever the process had freed or not yet touched before, which depends on its history. \"Background busy CPUs\" is the system-wide CPU (non-idle, as above; the tick-sampled busy fields in results written before 2026-12-07T16) measured for one second before each run with no load: other work on this shared VM. ")
 	p("It inflates every CPU-per-message figure; the \"less background\" column subtracts it (an estimate: the background yields when the run saturates the machine).\n\n")
 
 	perfs, _ := filepath.Glob(filepath.Join(dir, "perf-*.txt"))
