@@ -92,6 +92,9 @@ type Splicer struct {
 // New loads and attaches the BPF programs. On any failure it returns an
 // error wrapping ErrUnsupported that says why; nothing stays loaded.
 func New(log zerolog.Logger, opts Options) (_ *Splicer, err error) {
+	if err := CheckPrivileges(); err != nil {
+		return nil, err
+	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("%w: remove memlock limit: %w", ErrUnsupported, err)
 	}
@@ -340,11 +343,13 @@ func (s *Splicer) epollLoop() {
 // head of retransmitted segments. Without it the program still loads, but
 // a retransmission overlapping received bytes reaches the peer twice
 // (README, How it works): the "auto" data path avoids the kernel path then.
-var OverlapTrimSupported = sync.OnceValue(func() bool {
+// Without the kernel's BTF it reports an error instead: the program is
+// CO-RE and cannot load at all then.
+var OverlapTrimSupported = sync.OnceValues(func() (bool, error) {
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
-		return false
+		return false, fmt.Errorf("%w: no usable kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): %w", ErrUnsupported, err)
 	}
 	var fn *btf.Func
-	return spec.TypeByName("bpf_cast_to_kern_ctx", &fn) == nil
+	return spec.TypeByName("bpf_cast_to_kern_ctx", &fn) == nil, nil
 })

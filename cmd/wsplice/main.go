@@ -309,6 +309,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				if o.config != "" {
 					reload(p, o, args, log)
 				}
+				if !p.HasCertificates() {
+					continue
+				}
 				if err := p.ReloadCertificates(); err != nil {
 					log.Error().Err(err).Msg("certificate reload failed, keeping the certificates in use")
 				} else {
@@ -358,7 +361,19 @@ func newDataplane(mode string, log zerolog.Logger) (dataplane.Dataplane, error) 
 	if mode == "userspace" {
 		return dataplane.NewUserspace(log), nil
 	}
-	if !loader.OverlapTrimSupported() {
+	// Privileges first: without them, they are the reason to give.
+	trim, err := false, loader.CheckPrivileges()
+	if err == nil {
+		trim, err = loader.OverlapTrimSupported()
+	}
+	if err != nil {
+		if mode == "sockmap" {
+			return nil, fmt.Errorf("--dataplane sockmap: %w", err)
+		}
+		log.Warn().Err(err).Msg("sockmap data path unavailable, using userspace")
+		return dataplane.NewUserspace(log), nil
+	}
+	if !trim {
 		const why = "kernel lacks bpf_cast_to_kern_ctx (Linux 6.2+): retransmitted segments that overlap received bytes could reach the peer twice on the kernel path"
 		if mode != "sockmap" {
 			log.Warn().Str("reason", why).Msg("sockmap data path not used, using userspace")
@@ -373,7 +388,7 @@ func newDataplane(mode string, log zerolog.Logger) (dataplane.Dataplane, error) 
 		return s, nil
 	}
 	if mode == "sockmap" {
-		return nil, fmt.Errorf("sockmap data path: %w", err)
+		return nil, fmt.Errorf("--dataplane sockmap: %w", err)
 	}
 	log.Warn().Err(err).Msg("sockmap data path unavailable, using userspace")
 	return dataplane.NewUserspace(log), nil

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -318,6 +319,18 @@ func (p *Proxy) addrsOf(k listenerKind) []net.Addr {
 	return addrs
 }
 
+// logWriter turns the lines of a standard library logger into warnings.
+type logWriter struct{ log zerolog.Logger }
+
+func (w logWriter) Write(b []byte) (int, error) {
+	w.log.Warn().Msg(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+// HasCertificates tells whether the proxy serves TLS (has certificates to
+// reload on SIGHUP).
+func (p *Proxy) HasCertificates() bool { return p.certs != nil }
+
 // ReloadCertificates reads the certificate files again (on SIGHUP). On
 // error the certificates in use stay. Connections are not touched.
 func (p *Proxy) ReloadCertificates() error {
@@ -383,7 +396,11 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	adminDone := make(chan struct{})
 	if p.admin != nil {
 		// Not in p.wg: the admin server answers (metrics) during the drain.
-		adminSrv = &http.Server{Handler: p.adminHandler(), ReadHeaderTimeout: p.cfg.HeaderTimeout}
+		adminSrv = &http.Server{Handler: p.adminHandler(), ReadHeaderTimeout: p.cfg.HeaderTimeout,
+			// net/http's own complaints (accept errors at the fd limit,
+			// bad TLS clients) go to the structured log, not to stderr
+			// as plain text among the JSON lines.
+			ErrorLog: stdlog.New(logWriter{p.log.With().Str("component", "admin").Logger()}, "", 0)}
 		go func() {
 			defer close(adminDone)
 			if err := adminSrv.Serve(p.admin); err != nil && !errors.Is(err, http.ErrServerClosed) {
