@@ -43,6 +43,13 @@ func (r *fdReserve) fill() {
 	}
 }
 
+// held tells whether the reserve fd is open.
+func (r *fdReserve) held() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.f != nil
+}
+
 // close releases the reserve for good (shutdown).
 func (r *fdReserve) close() {
 	r.mu.Lock()

@@ -378,6 +378,14 @@ func Run(ctx context.Context, cfg Config, dp dataplane.Dataplane, log zerolog.Lo
 // called once.
 func (p *Proxy) Serve(ctx context.Context) error {
 	p.fds.fill()
+	if !p.fds.held() {
+		// Not one fd free once the listeners are open: every client
+		// would wait unanswered in the listen queue.
+		var lim unix.Rlimit
+		_ = unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
+		p.closeListeners()
+		return fmt.Errorf("the fd limit (%d) leaves no fd free once the listeners are open: raise it (ulimit -n)", lim.Cur)
+	}
 	var listeners, tlsListeners, tcpListeners, tcpTLSListeners []string
 	for i, ln := range p.lns {
 		a := ln.Addr().String()
