@@ -267,6 +267,16 @@ func newLogger(o *options, stderr io.Writer) zerolog.Logger {
 	return zerolog.New(w).With().Timestamp().Logger()
 }
 
+// hup receives SIGHUP from the start of the process: the signal's default
+// action ends the process, so a reload sent right after start (a service
+// manager's), while the BPF objects load, would kill the daemon. Taken
+// over here, it waits in the channel until the daemon is up.
+var hup = func() chan os.Signal {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGHUP)
+	return c
+}()
+
 // run is the whole program: parse args, build the data plane, serve until
 // SIGINT or SIGTERM (or ctx is done), then close the data plane.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -297,9 +307,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	// SIGHUP reloads the --config file, then the certificates; a bad
 	// file keeps what is in use.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	go func() {
 		for {
 			select {

@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -159,5 +163,32 @@ func TestRunUserspace(t *testing.T) {
 	}
 	if strings.Count(stderr.String(), "wsplice started") != 1 {
 		t.Errorf("logs: %s", stderr.String())
+	}
+}
+
+// A SIGHUP that arrives before the daemon is up (a service manager's
+// reload right after start) must not end the process: it is handled once
+// the daemon is up. The test runs itself again as the daemon, which sends
+// itself the signal before run starts.
+func TestHUPBeforeStart(t *testing.T) {
+	if os.Getenv("WSPLICE_TEST_HUP_CHILD") == "1" {
+		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond) // the signal is delivered
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		var stderr syncBuffer
+		if err := run(ctx, []string{"--listen", "127.0.0.1:0", "--backend", "127.0.0.1:9", "--admin", "off",
+			"--dataplane", "userspace"}, io.Discard, &stderr); err != nil {
+			t.Fatalf("run: %v\n%s", err, stderr.String())
+		}
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHUPBeforeStart$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "WSPLICE_TEST_HUP_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the daemon did not survive a SIGHUP before start: %v\n%s", err, out)
 	}
 }
