@@ -674,6 +674,16 @@ func dupFD(c *net.TCPConn) (int, error) {
 // Close implements dataplane.Dataplane: spliced pairs are closed (their
 // sockets send FIN after what is queued), the program is detached and
 // every map is freed.
+// ClosePairs implements dataplane.Dataplane.
+func (s *Splicer) ClosePairs() {
+	for _, p := range s.livePairs() {
+		s.closePair(p, false)
+	}
+	if s.fallback != nil {
+		s.fallback.ClosePairs()
+	}
+}
+
 func (s *Splicer) Close() error {
 	s.mu.Lock()
 	if s.closed {

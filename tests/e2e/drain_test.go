@@ -51,3 +51,37 @@ func TestDrain(t *testing.T) {
 		}
 	})
 }
+
+// TestDrainZero: with --drain-timeout 0, SIGTERM closes established
+// WebSockets at once, even while a request is still in flight (a client
+// half-way through its request head), which gets the shutdown grace on
+// its own. Before, every spliced pair waited for that grace too (5 s).
+func TestDrainZero(t *testing.T) {
+	e := newEnv(t)
+	forEachDataplane(t, func(t *testing.T, dp string) {
+		d := e.startDaemon(t, dp, "--drain-timeout", "0")
+		ws, _ := d.dialWS(t, "/drain0")
+		echoOnce(t, ws, "before")
+		slow := d.dialTCP(t)
+		defer slow.Close()
+		if _, err := slow.Write([]byte("GET /slow HTTP/1.1\r\nHost: x\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond) // the head is being read
+		start := time.Now()
+		d.cmd.Process.Signal(syscall.SIGTERM)
+		ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _, err := ws.ReadMessage()
+		took := time.Since(start)
+		if err == nil || strings.Contains(err.Error(), "timeout") {
+			t.Fatalf("connection not closed after SIGTERM: %v", err)
+		}
+		if took > 2*time.Second {
+			t.Errorf("WebSocket closed %v after SIGTERM with --drain-timeout 0, want at once", took)
+		}
+		code, err := d.wait(10 * time.Second)
+		if err != nil || code != 0 {
+			t.Fatalf("exit %d, %v; want 0", code, err)
+		}
+	})
+}

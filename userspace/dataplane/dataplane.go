@@ -50,6 +50,10 @@ type Dataplane interface {
 	SetIdleTimeout(d time.Duration)
 	// Stats reports counters for logs, tests and the admin endpoint.
 	Stats() Stats
+	// ClosePairs closes every pair spliced so far, both sides, as Close
+	// does, and goes on serving: a shutdown without a drain ends the
+	// established connections at once while requests in flight finish.
+	ClosePairs()
 	// Close closes every spliced connection and releases kernel state.
 	Close() error
 }

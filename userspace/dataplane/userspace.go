@@ -467,14 +467,21 @@ func (p *pair) abort() {
 
 // Close implements Dataplane: it closes every spliced pair and waits for
 // the copiers.
-func (u *Userspace) Close() error {
+// ClosePairs implements Dataplane.
+func (u *Userspace) ClosePairs() {
 	u.mu.Lock()
-	u.closed = true
+	defer u.mu.Unlock()
 	for p := range u.pairs {
 		_ = p.client.Close()
 		_ = p.backend.Close()
 	}
+}
+
+func (u *Userspace) Close() error {
+	u.mu.Lock()
+	u.closed = true
 	u.mu.Unlock()
+	u.ClosePairs()
 	u.wg.Wait()
 	u.idle.Stop()
 	return nil

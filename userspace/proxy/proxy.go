@@ -503,6 +503,11 @@ func (p *Proxy) shutdown() {
 	}
 	p.log.Info().Int64("connections", p.connections.Load()).Int64("spliced", p.splicedLive.Load()).
 		Dur("drain_timeout", grace).Bool("drain_spliced", drainSpliced).Msg("shutting down: listeners closed, draining")
+	if !drainSpliced {
+		// No drain: established connections end now, not when the
+		// requests in flight have had their time.
+		p.dp.ClosePairs()
+	}
 	done, stop := make(chan struct{}), make(chan struct{})
 	defer close(stop)
 	go func() {
