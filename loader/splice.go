@@ -674,11 +674,16 @@ func dupFD(c *net.TCPConn) (int, error) {
 // Close implements dataplane.Dataplane: spliced pairs are closed (their
 // sockets send FIN after what is queued), the program is detached and
 // every map is freed.
-// ClosePairs implements dataplane.Dataplane.
-func (s *Splicer) ClosePairs() {
+// closeLive closes every pair the kernel path holds now.
+func (s *Splicer) closeLive() {
 	for _, p := range s.livePairs() {
 		s.closePair(p, false)
 	}
+}
+
+// ClosePairs implements dataplane.Dataplane.
+func (s *Splicer) ClosePairs() {
+	s.closeLive()
 	if s.fallback != nil {
 		s.fallback.ClosePairs()
 	}
@@ -692,9 +697,7 @@ func (s *Splicer) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	for _, p := range s.livePairs() {
-		s.closePair(p, false)
-	}
+	s.closeLive()
 	var err error
 	if s.fallback != nil {
 		err = s.fallback.Close()

@@ -293,7 +293,7 @@ func targetRows(p func(string, ...any), m metrics) {
 	r, ok := ovhRatio(so, bo)
 	p("| CPU overhead per message over direct ≤ 0.5× best (open-loop, attributed, µs/msg) | %s vs %s %s (%s) | 0.50× | %s |\n",
 		num(so, 1), name(bw), num(bo, 1), r, ok)
-	so, bo, bw = m.ovh("sockmap", "ol_cpu_net_us"), math.NaN(), ""
+	so = m.ovh("sockmap", "ol_cpu_net_us")
 	bo, bw = bestOvh(m, "ol_cpu_net_us")
 	r, ok = ovhRatio(so, bo)
 	p("| the same, system-wide (/proc/stat, less background) | %s vs %s %s (%s) | 0.50× | %s |\n",
