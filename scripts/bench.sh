@@ -18,6 +18,14 @@
 # GOFLOOR_SCENARIOS, to show where Go itself stands against nginx in the
 # handshake rate, with and without its net package.
 #
+# smfloor (bench/evfloor -sockmap) is the kernel path's reference: the
+# event-loop floor, splicing each pair after the backend's answer head with
+# the least sk_skb verdict there is (bpf/floor.c: look the peer up,
+# redirect; no counters, no backpressure, no FIN hand-over checks). It runs
+# the scenarios in SMFLOOR_SCENARIOS, those of the kernel path's targets
+# (issue 5), to show in the same run what the kernel mechanism costs
+# without anything wsplice adds to it.
+#
 # WSS: the targets wsplice-tls (--listen-tls), haproxy-tls (bind ... ssl crt)
 # and nginx-tls (listen ... ssl) terminate TLS with the same generated
 # self-signed ECDSA P-256 certificate in front of the same plaintext echo
@@ -38,8 +46,9 @@
 #   REPS [3]  DURATION [10s]  WARMUP [2s]  RATE [5000 msgs/s, open-loop]
 #   OPEN_CONNS [100]  CLOSED_CONNS [64]  BULK_CONNS [2]  HS_WORKERS [16]
 #   IDLE_CONNS [fd limit / 2 - 100]
-#   TARGETS [direct sockmap userspace gofloor evfloor haproxy nginx wsplice-tls haproxy-tls nginx-tls]
+#   TARGETS [direct sockmap userspace gofloor evfloor smfloor haproxy nginx wsplice-tls haproxy-tls nginx-tls]
 #   GOFLOOR_SCENARIOS [closed-loop handshake: the scenarios gofloor and evfloor run]
+#   SMFLOOR_SCENARIOS [open-loop closed-loop handshake: the scenarios smfloor runs]
 #   WSS_SCENARIOS [closed-loop handshake: the scenarios the -tls targets run]
 #   SCENARIOS [open-loop closed-loop bulk handshake idle]
 #   PERF [1: perf profile of the closed-loop run on the kernel and userspace paths]
@@ -91,10 +100,11 @@ OPEN_CONNS=${OPEN_CONNS:-100}
 CLOSED_CONNS=${CLOSED_CONNS:-64}
 BULK_CONNS=${BULK_CONNS:-2}
 HS_WORKERS=${HS_WORKERS:-16}
-TARGETS=${TARGETS:-direct sockmap userspace gofloor evfloor haproxy nginx wsplice-tls haproxy-tls nginx-tls}
+TARGETS=${TARGETS:-direct sockmap userspace gofloor evfloor smfloor haproxy nginx wsplice-tls haproxy-tls nginx-tls}
 [[ $TARGETS != wss ]] || TARGETS="direct wsplice-tls haproxy-tls nginx-tls"
 WSS_SCENARIOS=${WSS_SCENARIOS:-closed-loop handshake}
 GOFLOOR_SCENARIOS=${GOFLOOR_SCENARIOS:-closed-loop handshake}
+SMFLOOR_SCENARIOS=${SMFLOOR_SCENARIOS:-open-loop closed-loop handshake}
 SCENARIOS=${SCENARIOS:-open-loop closed-loop bulk handshake idle}
 PERF=${PERF:-1}
 LATEST=${LATEST:-1}
@@ -142,7 +152,7 @@ trap 'exit 130' INT TERM
 pb=${PORT_BASE:-19000}
 backend_port=$((pb + 100))
 declare -A port=([direct]=$((pb + 100)) [sockmap]=$((pb + 201)) [userspace]=$((pb + 202)) [haproxy]=$((pb + 203))
-	[nginx]=$((pb + 204)) [gofloor]=$((pb + 205)) [evfloor]=$((pb + 206)) [wsplice-tls]=$((pb + 301)) [haproxy-tls]=$((pb + 303)) [nginx-tls]=$((pb + 304)))
+	[nginx]=$((pb + 204)) [gofloor]=$((pb + 205)) [evfloor]=$((pb + 206)) [smfloor]=$((pb + 207)) [wsplice-tls]=$((pb + 301)) [haproxy-tls]=$((pb + 303)) [nginx-tls]=$((pb + 304)))
 
 # Where each party runs: cli (the generator), lb (the balancer), be (the
 # echo backend). On loopback all three share the host's 127.0.0.1; with
@@ -221,6 +231,8 @@ runs_scenario() {
 		only=$WSS_SCENARIOS
 	elif [[ $1 == gofloor || $1 == evfloor ]]; then
 		only=$GOFLOOR_SCENARIOS
+	elif [[ $1 == smfloor ]]; then
+		only=$SMFLOOR_SCENARIOS
 	fi
 	[[ -z $only || " $only " == *" $2 "* ]]
 }
@@ -267,6 +279,11 @@ start_target() {
 		;;
 	gofloor | evfloor)
 		"${lb_x[@]}" bin/$t "$lb_host:$p" "$backend" >"$run/$t.log" 2>&1 &
+		target_pid=$!
+		target_pids=$target_pid
+		;;
+	smfloor)
+		"${lb_x[@]}" bin/evfloor -sockmap "$lb_host:$p" "$backend" >"$run/$t.log" 2>&1 &
 		target_pid=$!
 		target_pids=$target_pid
 		;;
@@ -374,6 +391,7 @@ machine_info() {
   "openssl": "$(openssl version | awk '{ print $2 }')",
   "wss_scenarios": "$WSS_SCENARIOS",
   "gofloor_scenarios": "$GOFLOOR_SCENARIOS",
+  "smfloor_scenarios": "$SMFLOOR_SCENARIOS",
   "topology": "$TOPOLOGY",
   "tls_path": "$(grep -qw tls /proc/sys/net/ipv4/tcp_available_ulp 2>/dev/null && echo ktls || echo userspace)"
 }

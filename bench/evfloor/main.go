@@ -13,17 +13,31 @@
 // "what would a handshake layer outside it cost": scripts/bench.sh runs it
 // as the "evfloor" target for the handshake and closed-loop scenarios.
 //
-// Usage: evfloor LISTEN_ADDR BACKEND_ADDR
+// With -sockmap it is the sockmap floor ("smfloor" in scripts/bench.sh):
+// once the backend's answer head has been read (and before it is passed
+// on, so that neither side can have sent anything yet) both sockets are
+// spliced by the least sk_skb verdict there is (bpf/floor.c, loaded by
+// loader.Floor), and every later byte goes from socket to socket in the
+// kernel; the loop only passes FINs on and closes. This answers "what does
+// the kernel mechanism itself cost", per message and per connection,
+// without any of wsplice's bookkeeping. Not a data path: bytes still
+// queued in the kernel when a FIN is passed on can be lost
+// (KERNEL-NOTES 3), and nothing bounds a stalled reader.
+//
+// Usage: evfloor [-sockmap] LISTEN_ADDR BACKEND_ADDR
 package main
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"net"
 	"os"
 	"runtime"
 	"syscall"
 	"unsafe"
+
+	"github.com/wsplice/wsplice/loader"
 )
 
 // The loop's system calls never block (every socket is non-blocking), so
@@ -95,17 +109,25 @@ const maxHead = 16 << 10
 const bufSize = 64 << 10
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: evfloor LISTEN_ADDR BACKEND_ADDR")
+	sockmap := flag.Bool("sockmap", false, "splice each pair with bpf/floor.c after the backend's answer head")
+	flag.Parse()
+	if flag.NArg() != 2 {
+		fmt.Fprintln(os.Stderr, "usage: evfloor [-sockmap] LISTEN_ADDR BACKEND_ADDR")
 		os.Exit(2)
 	}
-	laddr, err := net.ResolveTCPAddr("tcp", os.Args[1])
+	laddr, err := net.ResolveTCPAddr("tcp", flag.Arg(0))
 	if err != nil {
 		fatal(err)
 	}
-	baddr, err := net.ResolveTCPAddr("tcp", os.Args[2])
+	baddr, err := net.ResolveTCPAddr("tcp", flag.Arg(1))
 	if err != nil {
 		fatal(err)
+	}
+	var fl *loader.Floor
+	if *sockmap {
+		if fl, err = loader.NewFloor(); err != nil {
+			fatal(err)
+		}
 	}
 	n := runtime.GOMAXPROCS(0)
 	errs := make(chan error, n)
@@ -114,7 +136,7 @@ func main() {
 		if err != nil {
 			fatal(err)
 		}
-		l := &loop{lfd: lfd, family: family(baddr), conns: map[int]*conn{}, buf: make([]byte, bufSize)}
+		l := &loop{lfd: lfd, family: family(baddr), conns: map[int]*conn{}, buf: make([]byte, bufSize), floor: fl}
 		l.sa, l.salen = rawSockaddr(baddr)
 		go func() { errs <- l.run() }()
 	}
@@ -184,8 +206,13 @@ type conn struct {
 	fd   int
 	peer *conn
 	// head collects the client's request head until the backend is
-	// dialled (client sockets only).
+	// dialled (client sockets), and with -sockmap the backend's answer
+	// head until the pair is spliced (backend sockets).
 	head []byte
+	// backend: this socket is the one the loop connected.
+	backend bool
+	// spliced: the kernel carries this socket's bytes (-sockmap).
+	spliced bool
 	// out holds bytes for this socket that a write could not take yet.
 	out        []byte
 	events     uint32 // registered epoll interest
@@ -203,6 +230,9 @@ type loop struct {
 	salen uintptr
 	conns map[int]*conn
 	buf   []byte
+	// floor splices pairs in the kernel once the backend has answered
+	// (-sockmap); nil relays every byte.
+	floor *loader.Floor
 }
 
 func (l *loop) run() error {
@@ -304,6 +334,10 @@ func (l *loop) readable(c *conn) {
 		return
 	}
 	data := l.buf[:n]
+	if l.floor != nil && c.backend && !c.spliced {
+		l.answer(c, data)
+		return
+	}
 	if c.peer == nil { // a client still sending its head
 		c.head = append(c.head, data...)
 		if bytes.Contains(c.head, []byte("\r\n\r\n")) {
@@ -330,11 +364,46 @@ func (l *loop) dial(c *conn) {
 		l.closePair(c)
 		return
 	}
-	b := &conn{fd: fd, peer: c, out: c.head}
+	b := &conn{fd: fd, peer: c, out: c.head, backend: true}
 	c.peer, c.head = b, nil
 	l.conns[fd] = b
 	// Writable once connected; the head goes then.
 	l.interest(b, syscall.EPOLLIN|syscall.EPOLLOUT|syscall.EPOLLRDHUP)
+}
+
+// answer collects backend b's answer head (-sockmap); once it is whole,
+// the pair is spliced and then the head is passed to the client. The
+// backend sends nothing more before the client does, and the client
+// nothing before it has the head, so no byte can wait in a socket's
+// receive queue at the splice (the verdict would never see it:
+// KERNEL-NOTES 1). A backend that sends more with its head is not the
+// benchmark's echo backend: the pair is closed.
+func (l *loop) answer(b *conn, data []byte) {
+	b.head = append(b.head, data...)
+	i := bytes.Index(b.head, []byte("\r\n\r\n"))
+	if i < 0 {
+		if len(b.head) > maxHead {
+			l.closePair(b)
+		}
+		return
+	}
+	c := b.peer
+	if i+4 != len(b.head) || len(b.out) > 0 || len(c.out) > 0 || c.rdEOF {
+		l.closePair(b)
+		return
+	}
+	if err := l.floor.Splice(c.fd, b.fd); err != nil {
+		fmt.Fprintln(os.Stderr, "evfloor: splice:", err)
+		l.closePair(b)
+		return
+	}
+	b.spliced, c.spliced = true, true
+	head := b.head
+	b.head = nil
+	// From now on only a FIN (or an error) concerns the loop.
+	l.interest(b, syscall.EPOLLRDHUP)
+	l.interest(c, syscall.EPOLLRDHUP)
+	l.send(c, head)
 }
 
 // send writes data to c, queueing what it cannot take.

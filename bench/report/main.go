@@ -17,10 +17,10 @@ import (
 )
 
 // targets in report order; the first is the baseline, the second the
-// project's kernel path. gofloor and evfloor are references (bench/gofloor,
-// bench/evfloor), not competitors: the targets compare wsplice with HAProxy
-// and nginx only.
-var targets = []string{"direct", "sockmap", "userspace", "gofloor", "evfloor", "haproxy", "nginx"}
+// project's kernel path. gofloor, evfloor and smfloor are references
+// (bench/gofloor, bench/evfloor, bench/evfloor -sockmap), not competitors:
+// the targets compare wsplice with HAProxy and nginx only.
+var targets = []string{"direct", "sockmap", "userspace", "gofloor", "evfloor", "smfloor", "haproxy", "nginx"}
 
 // wssTargets terminate TLS in front of the same plaintext backend; they
 // have a table of their own.
@@ -29,6 +29,7 @@ var wssTargets = []string{"wsplice-tls", "haproxy-tls", "nginx-tls"}
 var targetNames = map[string]string{
 	"direct": "direct", "sockmap": "wsplice sockmap", "userspace": "wsplice userspace",
 	"gofloor": "Go floor (bench/gofloor)", "evfloor": "event-loop floor (bench/evfloor)",
+	"smfloor": "sockmap floor (bench/evfloor -sockmap)",
 	"haproxy": "HAProxy", "nginx": "nginx",
 	"wsplice-tls": "wsplice --listen-tls", "haproxy-tls": "HAProxy bind ssl", "nginx-tls": "nginx listen ssl",
 }

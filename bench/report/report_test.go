@@ -190,3 +190,27 @@ func TestSystemCPU(t *testing.T) {
 		}
 	}
 }
+
+// With the sockmap floor in the run, the targets table gives the floor's
+// figure beside the kernel path's, and whether the floor meets it.
+func TestSockmapFloorColumn(t *testing.T) {
+	dir := rawDir(t)
+	for target, rate := range map[string]float64{"direct": 100000, "sockmap": 45000, "smfloor": 48000, "haproxy": 50000, "nginx": 55000} {
+		writeRun(t, dir, target, "closed-loop", 1, map[string]any{"mode": "closed-loop", "msgs_per_s": rate, "integrity_ok": true})
+	}
+	md := buildReport(t, dir)
+	for _, want := range []string{
+		"| target | measured | needed | met | sockmap floor, same runs (met) |",
+		"| closed-loop msgs/s ≥ 1.3× best of HAProxy/nginx | 45000 = 0.82× nginx (55000) | 1.30× | no | 48000 = 0.87× nginx (55000) (no) |",
+		"| closed-loop msgs/s ≥ 0.8× direct | 0.45× direct (100000) | 0.80× | no | 0.48× direct (100000) (no) |",
+		// The floor ran no idle scenario: nothing to show.
+		"| balancer RSS per idle WebSocket ≤ 1 KiB | – B (HAProxy – B, nginx – B) | 1024 B | n/a | – |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "NaN") {
+		t.Errorf("a missing value printed as NaN:\n%s", md)
+	}
+}
