@@ -85,6 +85,10 @@ func TestConfigFileBadLines(t *testing.T) {
 			if !strings.Contains(stderr.String(), tc.want) {
 				t.Errorf("stderr %q does not say %q", stderr.String(), tc.want)
 			}
+			// The mistake alone, not buried under the flag list.
+			if strings.Contains(stdout.String()+stderr.String(), "Usage:") {
+				t.Errorf("a bad line printed the usage:\nstdout %q\nstderr %q", stdout.String(), stderr.String())
+			}
 		})
 	}
 	var stdout, stderr bytes.Buffer

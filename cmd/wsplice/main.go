@@ -160,11 +160,8 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 	// --config.
 	o, r := &options{}, &rawFlags{}
 	fs := newFlagSet(o, r, stdout)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, true, nil // the flag package printed the usage
-		}
-		return nil, false, usageError{err}
+	if help, err := parseArgs(fs, args); help || err != nil {
+		return nil, help, err
 	}
 	if fs.NArg() > 0 {
 		return nil, false, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
@@ -180,6 +177,8 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 		}
 		o, r = &options{}, &rawFlags{}
 		fs = newFlagSet(o, r, stdout)
+		usage := fs.Usage
+		fs.Usage = func() {} // a bad line is named by its LineError alone
 		for _, l := range lines {
 			if l.Name == "config" || l.Name == "help" || l.Name == "h" || l.Name == "version" {
 				return nil, false, usageError{&flagfile.LineError{Path: path, N: l.N, Err: fmt.Errorf("--%s cannot be set in a config file", l.Name)}}
@@ -188,12 +187,30 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 				return nil, false, usageError{&flagfile.LineError{Path: path, N: l.N, Err: err}}
 			}
 		}
-		if err := fs.Parse(args); err != nil {
-			return nil, false, usageError{err}
+		fs.Usage = usage
+		if help, err := parseArgs(fs, args); help || err != nil {
+			return nil, help, err
 		}
 		o.config = path
 	}
 	return finishOptions(o, r)
+}
+
+// parseArgs parses the command line into fs. --help prints the usage; an
+// error does not (exitCode names it and points to --help): the whole flag
+// list after a one-line mistake buries the mistake.
+func parseArgs(fs *flag.FlagSet, args []string) (help bool, err error) {
+	usage := fs.Usage
+	fs.Usage = func() {}
+	defer func() { fs.Usage = usage }()
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage()
+			return true, nil
+		}
+		return false, usageError{err}
+	}
+	return false, nil
 }
 
 // finishOptions checks the parsed values and builds the validated config.

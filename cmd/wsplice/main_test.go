@@ -103,8 +103,11 @@ func TestBadFlags(t *testing.T) {
 			if code := exitCode(err, &stderr); code != 2 {
 				t.Errorf("exit code %d, want 2 (err %v)", code, err)
 			}
-			if !strings.HasPrefix(stderr.String(), "wsplice: ") {
+			if !strings.HasPrefix(stderr.String(), "wsplice: ") || !strings.Contains(stderr.String(), "Run 'wsplice --help' for usage.") {
 				t.Errorf("stderr %q", stderr.String())
+			}
+			if strings.Contains(stdout.String(), "Usage:") {
+				t.Errorf("a bad flag printed the whole usage: %q", stdout.String())
 			}
 		})
 	}
