@@ -201,12 +201,12 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 		}
 	}
 	if err := p.setListenersKeepAlive(cfg.TCPKeepAliveOff); err != nil {
-		p.closeListeners()
+		p.undoNew()
 		return nil, err
 	}
 	if raw, ok := dp.(dataplane.Raw); ok && !cfg.NoHandshakeLoop && len(cfg.Listen) > 0 {
 		if p.hsl, err = newHSLoop(p, raw); err != nil {
-			p.closeListeners()
+			p.undoNew()
 			return nil, err
 		}
 		// Go sets TCP_NODELAY on each connection it accepts; the loop's
@@ -217,7 +217,7 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 				continue
 			}
 			if p.rawLns[i], err = p.rawListener(ln); err != nil {
-				p.closeListeners()
+				p.undoNew()
 				return nil, fmt.Errorf("listener %s for the handshake loop: %w", ln.Addr(), err)
 			}
 			raw, err := ln.SyscallConn()
@@ -227,7 +227,7 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 				err = errors.Join(err, serr)
 			}
 			if err != nil {
-				p.closeListeners()
+				p.undoNew()
 				return nil, fmt.Errorf("TCP_NODELAY on listener %s: %w", ln.Addr(), err)
 			}
 		}
@@ -235,7 +235,7 @@ func New(cfg Config, dp dataplane.Dataplane, log zerolog.Logger) (*Proxy, error)
 	if cfg.Admin != "" {
 		if p.admin, err = listenAdmin(cfg.Admin); err != nil {
 			if !cfg.AdminOptional {
-				p.closeListeners()
+				p.undoNew()
 				return nil, fmt.Errorf("admin listen on %s: %w", cfg.Admin, err)
 			}
 			log.Warn().Err(err).Str("admin", cfg.Admin).Msg("admin server not started (the default address is taken; give --admin to choose another)")
@@ -281,6 +281,16 @@ func AdminSocketPath(addr string) (string, bool) {
 		return addr, true
 	}
 	return "", false
+}
+
+// undoNew releases what New opened (listeners, the handshake loop's
+// epoll fd), for New's error paths and a Serve that refuses to start:
+// a failed start leaves no fd behind.
+func (p *Proxy) undoNew() {
+	p.closeListeners()
+	if p.hsl != nil {
+		p.hsl.close()
+	}
 }
 
 func (p *Proxy) closeListeners() {
@@ -383,7 +393,8 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		// would wait unanswered in the listen queue.
 		var lim unix.Rlimit
 		_ = unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
-		p.closeListeners()
+		p.undoNew()
+		p.fds.close()
 		return fmt.Errorf("the fd limit (%d) leaves no fd free once the listeners are open: raise it (ulimit -n)", lim.Cur)
 	}
 	var listeners, tlsListeners, tcpListeners, tcpTLSListeners []string
