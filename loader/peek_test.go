@@ -2,7 +2,6 @@ package loader
 
 import (
 	"bytes"
-	"net"
 	"testing"
 	"time"
 
@@ -13,21 +12,8 @@ import (
 // socket in sock_hash must return the bytes a read then returns.
 func TestPeekMatchesRead(t *testing.T) {
 	s := newSplicer(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	a, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc, err := s.Adopt(a.(*net.TCPConn))
+	c, a := tcpPair(t)
+	dc, err := s.Adopt(a)
 	if err != nil || dc.Cookie == 0 {
 		t.Fatalf("adopt: %v", err)
 	}
