@@ -235,7 +235,17 @@ func validTarget(method, t string) bool {
 		return true
 	default:
 		scheme, rest, ok := strings.Cut(t, "://")
-		return ok && (strings.EqualFold(scheme, "http") || strings.EqualFold(scheme, "https")) && rest != "" && rest[0] != '/'
+		if !ok || !(strings.EqualFold(scheme, "http") || strings.EqualFold(scheme, "https")) {
+			return false
+		}
+		// The authority replaces the Host field (RFC 9112 §3.2.2), so it
+		// is held to the same rules: a valid host, no userinfo (RFC 9110
+		// §4.2.4 forbids it in http URIs).
+		authority := rest
+		if i := strings.IndexAny(rest, "/?"); i >= 0 {
+			authority = rest[:i]
+		}
+		return authority != "" && validHost(authority)
 	}
 }
 

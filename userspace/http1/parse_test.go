@@ -69,6 +69,8 @@ func TestReadRequestHeadFraming(t *testing.T) {
 		{"http/1.0 no host", "GET / HTTP/1.0\r\n\r\n", -1, false},
 		{"leading empty line", "\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n", -1, false},
 		{"absolute form", "GET http://h/x HTTP/1.1\r\nHost: h\r\n\r\n", -1, false},
+		{"absolute form with port and query", "GET http://h.example:8080?q=1 HTTP/1.1\r\nHost: h\r\n\r\n", -1, false},
+		{"absolute form ipv6", "GET https://[::1]:443/x HTTP/1.1\r\nHost: h\r\n\r\n", -1, false},
 		{"options asterisk", "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", -1, false},
 		{"connect", "CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", -1, false},
 		{"ipv6 host", "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", -1, false},
@@ -108,6 +110,12 @@ func TestReadRequestHeadRejects(t *testing.T) {
 		{"target non-ascii", "GET /caf\xc3\xa9 HTTP/1.1\r\n" + host + "\r\n", 400},
 		{"asterisk not options", "GET * HTTP/1.1\r\n" + host + "\r\n", 400},
 		{"authority not connect", "GET h:80 HTTP/1.1\r\n" + host + "\r\n", 400},
+		// The authority of an absolute-form target replaces Host, so it
+		// is checked as Host is.
+		{"absolute form bad host", "GET http://evil.example<script>/p HTTP/1.1\r\n" + host + "\r\n", 400},
+		{"absolute form userinfo", "GET http://u:p@h/ HTTP/1.1\r\n" + host + "\r\n", 400},
+		{"absolute form quote", "GET http://a\"b/ HTTP/1.1\r\n" + host + "\r\n", 400},
+		{"absolute form empty authority", "GET http:///p HTTP/1.1\r\n" + host + "\r\n", 400},
 		{"version 2", "GET / HTTP/2.0\r\n" + host + "\r\n", 400},
 		{"version 0.9", "GET / HTTP/0.9\r\n" + host + "\r\n", 400},
 		{"version lower case", "GET / http/1.1\r\n" + host + "\r\n", 400},

@@ -19,6 +19,8 @@ import (
 	"github.com/wsplice/wsplice/userspace/http1"
 	"github.com/wsplice/wsplice/userspace/limit"
 	"github.com/wsplice/wsplice/userspace/websocket"
+
+	"golang.org/x/sys/unix"
 )
 
 // Timings of the close after an error answer.
@@ -29,6 +31,11 @@ const (
 	// reads it (net/http does the same).
 	lingerTimeout = 500 * time.Millisecond
 	lingerBytes   = 256 << 10
+	// lingerUploadBytes bounds what is discarded of an upload the
+	// backend answered before reading it all, while the answer drains.
+	lingerUploadBytes = 64 << 20
+	// lingerPoll is how often a lingering close checks the send queue.
+	lingerPoll = 20 * time.Millisecond
 )
 
 // clientConn is one accepted client connection, served by one goroutine
@@ -220,12 +227,69 @@ func errorAnswer(status int, msg string, extra http1.Header) []byte {
 	return append(b, body...)
 }
 
+// resetOnClose makes the connection's close a RST: the answer being sent
+// cannot be completed (its backend failed mid-body), and an orderly FIN
+// would end a close-delimited body as if it were whole.
+func (cc *clientConn) resetOnClose() {
+	_ = cc.conn.SetLinger(0)
+}
+
 // lingerClose sends FIN and drains what the client still sends, briefly,
 // so the answer is not destroyed by a RST. The caller releases the conn.
 func (cc *clientConn) lingerClose() {
+	cc.lingerCloseUntil(time.Now().Add(lingerTimeout), lingerBytes)
+}
+
+// lingerCloseUntil sends FIN, then reads and discards what the client
+// still sends until the client has acknowledged every byte written to it
+// (the socket's send queue is empty), the deadline passes or max bytes
+// have been discarded: a close with unread input sends a RST, which
+// destroys whatever of the answer is still in flight.
+func (cc *clientConn) lingerCloseUntil(deadline time.Time, max int64) {
 	_ = cc.conn.CloseWrite()
-	_ = cc.conn.SetReadDeadline(time.Now().Add(lingerTimeout))
-	_, _ = io.CopyN(io.Discard, cc.conn, lingerBytes)
+	bufp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bufp)
+	var discarded int64
+	eof := false
+	for discarded < max && time.Now().Before(deadline) {
+		if cc.unsent() == 0 {
+			return
+		}
+		if eof {
+			// The client is done sending; its ACKs may still come.
+			time.Sleep(lingerPoll)
+			continue
+		}
+		wait := time.Now().Add(lingerPoll)
+		if deadline.Before(wait) {
+			wait = deadline
+		}
+		_ = cc.conn.SetReadDeadline(wait)
+		n, err := cc.conn.Read(*bufp)
+		discarded += int64(n)
+		if err != nil && !isTimeout(err) {
+			eof = errors.Is(err, io.EOF)
+			if !eof {
+				return // reset: nothing more will be delivered
+			}
+		}
+	}
+}
+
+// unsent is what the client's socket holds that the client has not
+// acknowledged (SIOCOUTQ); -1 when it cannot be read.
+func (cc *clientConn) unsent() int {
+	rc, err := cc.conn.TCPConn.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	n := -1
+	_ = rc.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil {
+			n = v
+		}
+	})
+	return n
 }
 
 // dialBackend connects to addr for client cc and adopts the connection
@@ -276,7 +340,10 @@ func (cc *clientConn) writeResponse(r *response, keepAlive bool, http10 bool) (b
 	switch {
 	case r.bodyless:
 	case r.length >= 0:
-	case keepAlive && !http10:
+	case !http10:
+		// Chunked even when the connection closes after this answer:
+		// its last chunk is how an HTTP/1.1 client tells a whole body
+		// from a backend that failed halfway.
 		chunked = true
 	default:
 		// Unknown length for a client that cannot take chunked: the end
@@ -326,10 +393,12 @@ func (cc *clientConn) writeResponse(r *response, keepAlive bool, http10 bool) (b
 			break
 		}
 		if rerr != nil {
+			cc.resetOnClose()
 			return false, fmt.Errorf("read response body: %w", rerr)
 		}
 	}
 	if r.length >= 0 && copied != r.length {
+		cc.resetOnClose()
 		return false, fmt.Errorf("response body: %w", io.ErrUnexpectedEOF)
 	}
 	if chunked {

@@ -139,7 +139,10 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 		cc.fail(502, "backend switched protocols on a plain request", nil)
 		return false
 	}
-	keepAlive := req.Minor >= 1 && !req.WantsClose() && !p.shuttingDown.Load()
+	// An answer that starts before the request body has all been read
+	// (a backend that refuses an upload early) ends the connection: say
+	// so in its head.
+	keepAlive := req.Minor >= 1 && !req.WantsClose() && !p.shuttingDown.Load() && body.complete.Load()
 	r := cc.fromTransport(req, resp)
 	r.header = append(r.header, cc.stickyField(breq, be)...)
 	keep, err := cc.writeResponse(r, keepAlive, req.Minor == 0)
@@ -150,6 +153,12 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 	// end leaves the stream unusable.
 	if !body.finish(cc) {
 		keep = false
+		if err == nil {
+			// The client may still be sending its body: closing with
+			// its bytes unread would reset the connection and destroy
+			// the answer in flight, which may be megabytes.
+			cc.lingerCloseUntil(time.Now().Add(p.conf().HeaderTimeout), lingerUploadBytes)
+		}
 	}
 	return keep && err == nil
 }
@@ -304,6 +313,10 @@ type requestBody struct {
 	// chunk, a client that closed or stalled mid-body): the client's
 	// fault, not the backend's, when the round trip then fails.
 	err error
+	// complete is set once the body has been read to its end (at once
+	// for a request without one); read without mu, which a blocked Read
+	// holds.
+	complete atomic.Bool
 }
 
 func (cc *clientConn) requestBody(req *http1.RequestHead) *requestBody {
@@ -315,6 +328,7 @@ func (cc *clientConn) requestBody(req *http1.RequestHead) *requestBody {
 		b.r = io.LimitReader(cc.br, req.ContentLength)
 	default:
 		b.eof = true
+		b.complete.Store(true)
 		return b
 	}
 	if req.Minor >= 1 && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
@@ -357,6 +371,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		}
 	}
 	if b.eof {
+		b.complete.Store(true)
 		// Nothing more to read until the next request head, which sets
 		// a deadline of its own.
 		_ = b.conn.SetReadDeadline(time.Time{})
