@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/wsplice/wsplice/userspace/backend"
@@ -25,6 +26,60 @@ var errBodyAbandoned = errors.New("request body abandoned")
 // errBackendTimeout cancels a plain request whose backend did not answer
 // within the response timeout.
 var errBackendTimeout = errors.New("backend did not answer in time")
+
+// errClientGone cancels a round trip whose client reset its connection
+// while it waited for the answer.
+var errClientGone = errors.New("client reset the connection")
+
+// abortWatch waits, while a request whose body has all been read waits
+// for its answer, for the client to reset its connection, and cancels the
+// round trip if it does: the backend, its max-conns and the client's
+// connection-limit slots are not held for an answer nobody will read.
+// A FIN is not an abort (a client may half-close and wait for the
+// answer, as HAProxy also allows by default); bytes of a pipelined next
+// request stay in the buffer for it.
+type abortWatch struct {
+	cc     *clientConn
+	cancel context.CancelCauseFunc
+	mu     sync.Mutex
+	done   chan struct{} // nil until started
+	ended  bool
+}
+
+// start begins watching; nothing once stop has run.
+func (w *abortWatch) start() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ended || w.done != nil {
+		return
+	}
+	w.done = make(chan struct{})
+	go func() {
+		defer close(w.done)
+		if _, err := w.cc.br.Peek(1); err != nil && isReset(err) {
+			w.cancel(errClientGone)
+		}
+	}()
+}
+
+// stop ends the watch and returns once its reader is gone, so that the
+// connection's reader is free for the answer and the next request.
+func (w *abortWatch) stop() {
+	w.mu.Lock()
+	w.ended = true
+	done := w.done
+	w.mu.Unlock()
+	if done == nil {
+		return
+	}
+	_ = w.cc.conn.SetReadDeadline(time.Now())
+	<-done
+	_ = w.cc.conn.SetReadDeadline(time.Time{})
+}
+
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
 
 // answerTimer cancels a plain request when its backend has not answered
 // within d of the request being sent (start), unless the answer came
@@ -90,9 +145,11 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 		ctx, cancel := context.WithCancelCause(out.Context())
 		defer cancel(nil)
 		wait := &answerTimer{d: p.conf().ResponseTimeout, cancel: cancel}
-		body.whenSent(wait.start)
+		watch := &abortWatch{cc: cc, cancel: cancel}
+		body.whenSent(func() { wait.start(); watch.start() })
 		resp, err = p.transport.RoundTrip(out.WithContext(ctx))
 		wait.stop()
+		watch.stop()
 		if err == nil {
 			p.reportConnect(be, nil)
 			break
@@ -117,6 +174,10 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 		// count as the client's timeout.
 		status, reason, clientFault := body.clientFault()
 		body.finish(cc)
+		if errors.Is(context.Cause(ctx), errClientGone) {
+			p.log.Debug().Str("backend", be.Addr()).Str("method", req.Method).Msg("client reset the connection while its request waited for the backend: request cancelled")
+			return false
+		}
 		if errors.Is(context.Cause(ctx), errBackendTimeout) {
 			p.log.Warn().Str("backend", be.Addr()).Str("method", req.Method).Msg("backend request timed out")
 			cc.fail(504, "backend timed out", nil)

@@ -93,3 +93,46 @@ func TestPlainEarlyAnswerToUpload(t *testing.T) {
 		t.Fatalf("the client got %d of %d bytes of the answer: %v", n, len(answer), err)
 	}
 }
+
+// A client that resets its connection while its request waits for the
+// backend cancels the request: the backend connection closes at once
+// instead of at --backend-timeout. A client that only half-closes still
+// gets its answer.
+func TestPlainClientResetCancels(t *testing.T) {
+	gone := make(chan time.Duration, 4)
+	be := startRawBackend(t, func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead) {
+		start := time.Now()
+		if req.Target == "/halfclose" {
+			time.Sleep(300 * time.Millisecond)
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			return
+		}
+		// Answer in 5 s, unless wsplice gives the request up first.
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, _ = br.ReadByte()
+		gone <- time.Since(start)
+	})
+	p := startProxy(t, []string{be}, nil)
+
+	cl := dial(t, p.addr)
+	cl.send("GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+	time.Sleep(200 * time.Millisecond) // the request reaches the backend
+	_ = cl.c.SetLinger(0)
+	_ = cl.c.Close()
+	select {
+	case d := <-gone:
+		if d > 2*time.Second {
+			t.Errorf("the backend's connection stayed %v after the client reset, want it closed at once", d)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("the backend connection did not close")
+	}
+
+	cl = dial(t, p.addr)
+	cl.send("GET /halfclose HTTP/1.1\r\nHost: h\r\n\r\n")
+	_ = cl.c.CloseWrite()
+	resp := cl.head()
+	if resp.Status != 200 || cl.body(resp) != "ok" {
+		t.Fatalf("a half-closed client got %d, want its answer", resp.Status)
+	}
+}
