@@ -175,16 +175,27 @@ func TestPush(t *testing.T) {
 		}
 		off += int64(len(m))
 	}
-	resp, err := http.Get(srv.URL + "/push-progress?id=p1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	// The server counts a write once it returns, which can be after the
+	// client has read its bytes: poll briefly for the final count.
 	var p struct {
 		Total, Sent int64
 		Done        bool
 	}
-	json.NewDecoder(resp.Body).Decode(&p)
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		resp, err := http.Get(srv.URL + "/push-progress?id=p1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&p)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (p.Sent == 200000 && p.Done) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if p.Total != 200000 || p.Sent != 200000 || !p.Done {
 		t.Errorf("progress %+v, want all 200000 sent and done", p)
 	}
