@@ -8,8 +8,9 @@ import (
 )
 
 // hopByHop are the fields that describe one connection, not the message
-// (RFC 9110 §7.6.1), plus Trailer (request trailers are not forwarded) and
-// the Proxy-* family checked in dropper.drop.
+// (RFC 9110 §7.6.1), plus Trailer (announced anew by whoever writes the
+// message on: request trailers go through the transport's Request.Trailer)
+// and the Proxy-* family checked in dropper.drop.
 var hopByHop = map[string]bool{
 	"connection":        true,
 	"keep-alive":        true,

@@ -288,12 +288,48 @@ func (cc *clientConn) outgoingRequest(req *http1.RequestHead, addr string, body 
 	switch {
 	case req.Chunked:
 		out.Body, out.ContentLength = body, -1
+		// The client's trailer fields follow its body; the transport
+		// announces the keys declared in its Trailer field and writes
+		// every field filled in by the body's end.
+		out.Trailer = make(http.Header)
+		for _, k := range req.Header.Values("Trailer") {
+			for _, name := range strings.Split(k, ",") {
+				if name = strings.TrimSpace(name); name != "" && forwardableTrailer(strings.ToLower(name)) {
+					out.Trailer[http.CanonicalHeaderKey(name)] = nil
+				}
+			}
+		}
+		body.mu.Lock()
+		body.trailer = out.Trailer
+		body.mu.Unlock()
 	case req.ContentLength > 0:
 		out.Body, out.ContentLength = body, req.ContentLength
 	default:
 		out.Body, out.ContentLength = http.NoBody, 0
 	}
 	return out, nil
+}
+
+// forwardableTrailer tells whether a request trailer field (lower case)
+// may be passed on: not one that frames, routes or authenticates the
+// request, nor a hop-by-hop one (RFC 9110 §6.5.1).
+func forwardableTrailer(lname string) bool {
+	switch lname {
+	case "content-length", "host", "authorization", "proxy-authorization", "expect", "cookie", "content-type", "content-encoding", "content-range":
+		return false
+	}
+	return !hopByHop[lname] && !strings.HasPrefix(lname, "proxy-")
+}
+
+// addTrailer copies the client's trailer fields into the backend
+// request's trailer.
+func addTrailer(dst http.Header, tr http1.Header) {
+	var nb [32]byte
+	for _, f := range tr {
+		if forwardableTrailer(string(appendLower(nb[:0], f.Name))) {
+			dst.Add(f.Name, f.Value)
+		}
+	}
 }
 
 // fromTransport turns the transport's response into one for the client.
@@ -351,6 +387,11 @@ func (cc *clientConn) fromTransport(req *http1.RequestHead, resp *http.Response)
 type requestBody struct {
 	mu sync.Mutex
 	r  io.Reader
+	// chunked is r for a chunked body, whose trailer fields go into
+	// trailer (the backend request's Trailer, which the transport writes
+	// after the body) when it ends.
+	chunked *http1.ChunkedReader
+	trailer http.Header
 	// conn is the client's connection: each read of the body has its
 	// header timeout to bring bytes (a stalled upload gets 408, and
 	// holds no backend connection for longer).
@@ -384,7 +425,8 @@ func (cc *clientConn) requestBody(req *http1.RequestHead) *requestBody {
 	b := &requestBody{conn: cc.conn, timeout: cc.p.conf().HeaderTimeout}
 	switch {
 	case req.Chunked:
-		b.r = http1.NewChunkedReader(cc.br, cc.p.cfg.MaxHeaderBytes, 400)
+		b.chunked = http1.NewChunkedReader(cc.br, cc.p.cfg.MaxHeaderBytes, 400)
+		b.r = b.chunked
 	case req.ContentLength > 0:
 		b.r = io.LimitReader(cc.br, req.ContentLength)
 	default:
@@ -424,6 +466,11 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		return 0, errBodyAbandoned
 	}
 	n, err := b.r.Read(p)
+	if err == io.EOF && b.chunked != nil && b.trailer != nil {
+		// Before the transport sees the end: it writes the trailer
+		// then.
+		addTrailer(b.trailer, b.chunked.Trailer())
+	}
 	if err == io.EOF {
 		b.eof = true
 		if lr, ok := b.r.(*io.LimitedReader); ok && lr.N > 0 {

@@ -136,3 +136,29 @@ func TestPlainClientResetCancels(t *testing.T) {
 		t.Fatalf("a half-closed client got %d, want its answer", resp.Status)
 	}
 }
+
+// A client's request trailer fields reach the backend after the body,
+// declared or not; framing and routing fields among them do not.
+func TestPlainRequestTrailers(t *testing.T) {
+	got := make(chan string, 1)
+	be := startRawBackend(t, func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead) {
+		cr := http1.NewChunkedReader(br, 1<<10, 400)
+		body, err := io.ReadAll(cr)
+		if err != nil {
+			got <- "body: " + err.Error()
+			return
+		}
+		got <- string(body) + "|" + cr.Trailer().Get("X-Check") + "|" + cr.Trailer().Get("X-Other") + "|" + cr.Trailer().Get("Host")
+		io.WriteString(c, "HTTP/1.1 204 No Content\r\n\r\n")
+	})
+	p := startProxy(t, []string{be}, nil)
+	cl := dial(t, p.addr)
+	cl.send("POST /tr HTTP/1.1\r\nHost: h\r\nTrailer: X-Check\r\nTransfer-Encoding: chunked\r\n\r\n" +
+		"3\r\nabc\r\n0\r\nX-Check: 42\r\nX-Other: 7\r\nHost: evil\r\n\r\n")
+	if resp := cl.head(); resp.Status != 204 {
+		t.Fatalf("status %d", resp.Status)
+	}
+	if s := <-got; s != "abc|42|7|" {
+		t.Errorf("backend got body|X-Check|X-Other|Host = %q, want %q", s, "abc|42|7|")
+	}
+}
