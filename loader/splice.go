@@ -671,9 +671,6 @@ func dupFD(c *net.TCPConn) (int, error) {
 	return nfd, derr
 }
 
-// Close implements dataplane.Dataplane: spliced pairs are closed (their
-// sockets send FIN after what is queued), the program is detached and
-// every map is freed.
 // closeLive closes every pair the kernel path holds now.
 func (s *Splicer) closeLive() {
 	for _, p := range s.livePairs() {
@@ -689,6 +686,9 @@ func (s *Splicer) ClosePairs() {
 	}
 }
 
+// Close implements dataplane.Dataplane: spliced pairs are closed (their
+// sockets send FIN after what is queued), the program is detached and
+// every map is freed.
 func (s *Splicer) Close() error {
 	s.mu.Lock()
 	if s.closed {

@@ -310,7 +310,8 @@ func targetRows(p func(string, ...any), m metrics) {
 			return
 		}
 		fv, fok := what("smfloor")
-		if strings.HasPrefix(fv, "–") || fok == "n/a" {
+		if fok == "n/a" { // no value: the floor did not run this scenario
+
 			fv = "–"
 		} else {
 			fv += " (" + strings.Trim(fok, "*") + ")"

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,9 +23,7 @@ func TestLowFDLimit(t *testing.T) {
 		lowFDLimitChild(t)
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLowFDLimit$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), "WSPLICE_TEST_FDLIMIT_CHILD=1")
-	out, err := cmd.CombinedOutput()
+	out, err := runChild("TestLowFDLimit", "WSPLICE_TEST_FDLIMIT_CHILD=1")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}

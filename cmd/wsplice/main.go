@@ -105,7 +105,7 @@ type rawFlags struct {
 	admin                                                   adminFlag
 }
 
-func newFlagSet(o *options, r *rawFlags, stdout io.Writer) *flag.FlagSet {
+func newFlagSet(o *options, r *rawFlags) *flag.FlagSet {
 	fs := flag.NewFlagSet("wsplice", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&o.config, "config", "", "`file` of flags, one per line (\"listen :8080\" or \"--listen=:8080\", # comments), read first: the command line adds to its lists and overrides the rest; re-read on SIGHUP")
@@ -143,13 +143,19 @@ func newFlagSet(o *options, r *rawFlags, stdout io.Writer) *flag.FlagSet {
 	fs.DurationVar(&o.cfg.IdleTimeout, "idle-timeout", proxy.DefaultIdleTimeout, "close a WebSocket (or L4 connection) with no byte in either direction for this long, on every data path; 1s to 1h")
 	fs.DurationVar(&o.cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long established connections may run on after the listeners close (0: close them at once)")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
-	fs.Usage = func() {
-		fmt.Fprintf(stdout, "Usage: wsplice [flags]\n\nwsplice is a WebSocket load balancer: it runs the HTTP/1.1 Upgrade handshake\nwith a backend, then splices client and backend in the kernel (sockmap) or in\nuserspace. Plain HTTP requests are reverse-proxied.\n\nSIGHUP re-reads --config (backends, limits, timeouts, log level change live;\nlisteners need a restart) and the certificates. The admin server serves\nPrometheus metrics at GET /metrics.\n\nFlags:\n")
-		fs.SetOutput(stdout)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
+	// The flag package calls Usage on every parse error too; the usage is
+	// printed for --help only (parseArgs), so that a one-line mistake is
+	// not buried under the flag list.
+	fs.Usage = func() {}
 	return fs
+}
+
+// printUsage prints --help's text.
+func printUsage(fs *flag.FlagSet, stdout io.Writer) {
+	fmt.Fprintf(stdout, "Usage: wsplice [flags]\n\nwsplice is a WebSocket load balancer: it runs the HTTP/1.1 Upgrade handshake\nwith a backend, then splices client and backend in the kernel (sockmap) or in\nuserspace. Plain HTTP requests are reverse-proxied.\n\nSIGHUP re-reads --config (backends, limits, timeouts, log level change live;\nlisteners need a restart) and the certificates. The admin server serves\nPrometheus metrics at GET /metrics.\n\nFlags:\n")
+	fs.SetOutput(stdout)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
 }
 
 // parseFlags parses args, after the --config file's lines if args name
@@ -159,8 +165,8 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 	// First pass: the command line alone, for --help, --version and
 	// --config.
 	o, r := &options{}, &rawFlags{}
-	fs := newFlagSet(o, r, stdout)
-	if help, err := parseArgs(fs, args); help || err != nil {
+	fs := newFlagSet(o, r)
+	if help, err := parseArgs(fs, args, stdout); help || err != nil {
 		return nil, help, err
 	}
 	if fs.NArg() > 0 {
@@ -176,9 +182,7 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 			return nil, false, usageError{err}
 		}
 		o, r = &options{}, &rawFlags{}
-		fs = newFlagSet(o, r, stdout)
-		usage := fs.Usage
-		fs.Usage = func() {} // a bad line is named by its LineError alone
+		fs = newFlagSet(o, r)
 		for _, l := range lines {
 			if l.Name == "config" || l.Name == "help" || l.Name == "h" || l.Name == "version" {
 				return nil, false, usageError{&flagfile.LineError{Path: path, N: l.N, Err: fmt.Errorf("--%s cannot be set in a config file", l.Name)}}
@@ -187,8 +191,7 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 				return nil, false, usageError{&flagfile.LineError{Path: path, N: l.N, Err: err}}
 			}
 		}
-		fs.Usage = usage
-		if help, err := parseArgs(fs, args); help || err != nil {
+		if help, err := parseArgs(fs, args, stdout); help || err != nil {
 			return nil, help, err
 		}
 		o.config = path
@@ -197,15 +200,11 @@ func parseFlags(args []string, stdout io.Writer) (*options, bool, error) {
 }
 
 // parseArgs parses the command line into fs. --help prints the usage; an
-// error does not (exitCode names it and points to --help): the whole flag
-// list after a one-line mistake buries the mistake.
-func parseArgs(fs *flag.FlagSet, args []string) (help bool, err error) {
-	usage := fs.Usage
-	fs.Usage = func() {}
-	defer func() { fs.Usage = usage }()
+// error does not (exitCode names it and points to --help).
+func parseArgs(fs *flag.FlagSet, args []string, stdout io.Writer) (help bool, err error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			usage()
+			printUsage(fs, stdout)
 			return true, nil
 		}
 		return false, usageError{err}

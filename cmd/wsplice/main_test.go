@@ -188,10 +188,15 @@ func TestHUPBeforeStart(t *testing.T) {
 		}
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHUPBeforeStart$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "WSPLICE_TEST_HUP_CHILD=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
+	if out, err := runChild("TestHUPBeforeStart", "WSPLICE_TEST_HUP_CHILD=1"); err != nil {
 		t.Fatalf("the daemon did not survive a SIGHUP before start: %v\n%s", err, out)
 	}
+}
+
+// runChild runs this test binary again for the one test named, with env
+// added: for tests that need a process of their own (signals, limits).
+func runChild(test, env string) ([]byte, error) {
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), env)
+	return cmd.CombinedOutput()
 }

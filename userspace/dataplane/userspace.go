@@ -465,8 +465,6 @@ func (p *pair) abort() {
 	})
 }
 
-// Close implements Dataplane: it closes every spliced pair and waits for
-// the copiers.
 // ClosePairs implements Dataplane.
 func (u *Userspace) ClosePairs() {
 	u.mu.Lock()
@@ -477,6 +475,8 @@ func (u *Userspace) ClosePairs() {
 	}
 }
 
+// Close implements Dataplane: it closes every spliced pair and waits for
+// the copiers.
 func (u *Userspace) Close() error {
 	u.mu.Lock()
 	u.closed = true

@@ -77,9 +77,7 @@ func (w *abortWatch) stop() {
 	_ = w.cc.conn.SetReadDeadline(time.Time{})
 }
 
-func isReset(err error) bool {
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-}
+func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
 
 // answerTimer cancels a plain request when its backend has not answered
 // within d of the request being sent (start), unless the answer came
