@@ -153,6 +153,14 @@ pb=${PORT_BASE:-19000}
 backend_port=$((pb + 100))
 declare -A port=([direct]=$((pb + 100)) [sockmap]=$((pb + 201)) [userspace]=$((pb + 202)) [haproxy]=$((pb + 203))
 	[nginx]=$((pb + 204)) [gofloor]=$((pb + 205)) [evfloor]=$((pb + 206)) [smfloor]=$((pb + 207)) [wsplice-tls]=$((pb + 301)) [haproxy-tls]=$((pb + 303)) [nginx-tls]=$((pb + 304)))
+for t in $TARGETS; do
+	[[ -v "port[$t]" ]] || die "unknown target '$t' in TARGETS (known: ${!port[*]})"
+done
+for s in $SCENARIOS; do
+	case $s in open-loop | closed-loop | bulk | handshake | idle) ;;
+	*) die "unknown scenario '$s' in SCENARIOS (known: open-loop closed-loop bulk handshake idle)" ;;
+	esac
+done
 
 # Where each party runs: cli (the generator), lb (the balancer), be (the
 # echo backend). On loopback all three share the host's 127.0.0.1; with
