@@ -52,6 +52,11 @@ struct conn_stats {
 	/* Why the connection cannot go on intact, and userspace resets it
 	 * (enum wsplice_broken; 0: it can). */
 	__u32 broken;
+	/* 1 once the socket's FIN reached the verdict of a spliced socket
+	 * with every byte before it already in the peer socket (see
+	 * note_fin): userspace may then pass the FIN on at once. */
+	__u32 fin_clear;
+	__u32 _pad;
 };
 
 /* Ring buffer record: this socket has bytes for userspace to drain

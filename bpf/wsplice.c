@@ -217,6 +217,44 @@ static __always_inline struct conn_stats *stats_of(__u64 cookie)
 	return bpf_map_lookup_elem(&stats_map, &cookie);
 }
 
+/* note_fin runs on a spliced socket's FIN (an empty skb: KERNEL-NOTES 13)
+ * and records in fin_clear whether every byte before it is already in the
+ * peer socket: userspace has forwarded every byte the verdict passed
+ * (ctl->consumed), and the kworker has written every byte redirected (the
+ * peer's write_seq has reached peer_seq_goal; with the last verdict a
+ * pass, the slow path wrote the passed bytes only once the peer held
+ * every redirected one). tcp_read_skb hands segments over in order, so
+ * every byte before the FIN has been through this verdict. Userspace,
+ * woken by the FIN, then passes it on after one map lookup instead of
+ * reading both sockets' TCP_INFO and the peer's send queue; when the FIN
+ * came with data, or something was still on its way, fin_clear stays 0
+ * and it checks as before. */
+static __always_inline void note_fin(__u64 cookie, struct conn_ctl *ctl)
+{
+	struct tcp_sock___ws *tp;
+	struct conn_stats *st;
+	struct bpf_sock *sk;
+	__u32 clear = 0;
+
+	if (ctl->mode != WSPLICE_MODE_REDIRECT)
+		return;
+	st = bpf_map_lookup_elem(&stats_map, &cookie);
+	if (!st || st->broken || ctl->consumed != st->passed)
+		return;
+	if (!st->redirecting) {
+		st->fin_clear = 1;
+		return;
+	}
+	sk = bpf_map_lookup_elem(&sock_hash, &ctl->peer);
+	if (!sk)
+		return;
+	tp = (struct tcp_sock___ws *)bpf_skc_to_tcp_sock(sk);
+	if (tp && (__s32)(st->peer_seq_goal - tp->write_seq) <= 0)
+		clear = 1;
+	bpf_sk_release(sk);
+	st->fin_clear = clear;
+}
+
 SEC("sk_skb/stream_verdict")
 int wsplice_verdict(struct __sk_buff *skb)
 {
@@ -243,8 +281,12 @@ int wsplice_verdict(struct __sk_buff *skb)
 	 * truncated echo after a client half-close). Dropping it is safe: TCP
 	 * has already recorded the FIN (read() returns 0) and userspace
 	 * propagates it itself. */
-	if (len == 0)
-		return ctl ? SK_DROP : SK_PASS;
+	if (len == 0) {
+		if (!ctl)
+			return SK_PASS;
+		note_fin(cookie, ctl);
+		return SK_DROP;
+	}
 
 	st = stats_of(cookie);
 	if (!st) {

@@ -86,6 +86,7 @@ type Splicer struct {
 	overlapTrimmed atomic.Uint64 // retransmitted bytes cut by the verdict, of sockets gone
 	overflowResets atomic.Uint64 // pairs reset past the pass limit (pass_slack)
 	idleClosed     atomic.Uint64
+	finsAtOnce     atomic.Uint64 // FINs passed on by the verdict's word alone (conn_stats.fin_clear)
 	idleTimeout    atomic.Int64 // time.Duration for pairs spliced from now on
 }
 

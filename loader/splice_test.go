@@ -491,6 +491,120 @@ func TestSpliceHalfCloseDeliversEverything(t *testing.T) {
 	}
 }
 
+// A FIN that comes while bytes redirected before it still wait in the
+// kernel for the peer (a backend that does not read yet) must not be
+// passed on before them (KERNEL-NOTES 3), though the FIN arrives alone,
+// after every byte has left the client: the verdict must not mark it
+// clear (note_fin), and the backend, once it reads, gets every byte, then
+// EOF.
+func TestSpliceFINBehindQueuedRedirects(t *testing.T) {
+	skipUntrimmedKernel(t)
+	// A backlog floor far above the stream, which is far above what the
+	// backend's socket buffers take (tcp_wmem's 4 MiB at most, a receive
+	// window that does not grow while nobody reads): every byte is
+	// redirected, and most of it still waits in the psock queue at the
+	// FIN, whatever the buffers' autotuning did.
+	s := newSplicerOpts(t, Options{BacklogFloor: 64 << 20})
+	const size = 24 << 20
+	start := make(chan struct{})
+	type result struct {
+		sum [32]byte
+		n   int64
+	}
+	got := make(chan result, 1)
+	h := newHarness(t, s, backendServer(t, "OK\n", func(c *net.TCPConn, r *bufio.Reader) {
+		<-start
+		hash := sha256.New()
+		n, _ := io.Copy(hash, r)
+		var res result
+		copy(res.sum[:], hash.Sum(nil))
+		res.n = n
+		got <- res
+		c.CloseWrite()
+	}))
+	c, r := dialHarness(t, h, nil)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
+		t.Fatalf("greeting %q %v", line, err)
+	}
+	msg := pattern(size, 11)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the proxy has taken (and so verdicted) every byte, so
+	// that the FIN goes out alone, as an empty segment.
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var outq int
+		raw.Control(func(fd uintptr) { outq, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+		if outq == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("client send queue still holds %d bytes", outq)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	before := s.finsAtOnce.Load()
+	c.CloseWrite()
+	time.Sleep(200 * time.Millisecond)
+	if n := s.finsAtOnce.Load(); n != before {
+		t.Errorf("the client's FIN was passed on at once (fin_clear) with redirected bytes still queued for the backend")
+	}
+	close(start)
+	var res result
+	select {
+	case res = <-got:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the backend got no EOF within 20 s")
+	}
+	if res.n != size || res.sum != sha256.Sum256(msg) {
+		t.Fatalf("backend got %d bytes (want %d), hash match %v", res.n, size, res.sum == sha256.Sum256(msg))
+	}
+	if _, err := io.ReadAll(r); err != nil {
+		t.Fatalf("client read after the backend's FIN: %v", err)
+	}
+}
+
+// FINs with nothing before them in flight (the common close of a
+// WebSocket: the last echo read, then a close each way) are passed on
+// after one map lookup, on the verdict's word (fin_clear), and the close
+// still reaches both ends with every byte.
+func TestSpliceFINAtOnce(t *testing.T) {
+	s := newSplicer(t)
+	h := newHarness(t, s, backendServer(t, "OK\n", echo))
+	const conns = 20
+	for i := range conns {
+		c, r := dialHarness(t, h, nil)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
+			t.Fatalf("greeting %q %v", line, err)
+		}
+		msg := pattern(64, uint64(i))
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		back := make([]byte, len(msg))
+		if _, err := io.ReadFull(r, back); err != nil || !bytes.Equal(back, msg) {
+			t.Fatalf("conn %d: echo %v, intact %v", i, err, bytes.Equal(back, msg))
+		}
+		c.CloseWrite()
+		if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+			t.Fatalf("conn %d: after the close, %d more bytes, %v (want EOF)", i, len(rest), err)
+		}
+		c.Close()
+	}
+	// Each connection has two FINs; one that woke epoll before it reached
+	// the verdict goes the long way, so only a few are asked for.
+	if n := s.finsAtOnce.Load(); n < conns/2 {
+		t.Fatalf("%d of %d FINs passed on at once; want at least %d", n, 2*conns, conns/2)
+	}
+	t.Logf("%d of %d FINs passed on at once", s.finsAtOnce.Load(), 2*conns)
+}
+
 // A backend reset reaches the client as a reset or EOF within a second.
 func TestSpliceResetPropagates(t *testing.T) {
 	s := newSplicer(t)

@@ -33,6 +33,8 @@ type wspliceConnStats struct {
 	OverlapTrimmed uint64
 	SeqValid       uint32
 	Broken         uint32
+	FinClear       uint32
+	Pad            uint32
 }
 
 // Names of all BPF objects in the ELF.
