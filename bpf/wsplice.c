@@ -234,25 +234,24 @@ static __always_inline void note_fin(__u64 cookie, struct conn_ctl *ctl)
 	struct tcp_sock___ws *tp;
 	struct conn_stats *st;
 	struct bpf_sock *sk;
-	__u32 clear = 0;
+	int written = 0;
 
 	if (ctl->mode != WSPLICE_MODE_REDIRECT)
 		return;
 	st = bpf_map_lookup_elem(&stats_map, &cookie);
 	if (!st || st->broken || ctl->consumed != st->passed)
 		return;
-	if (!st->redirecting) {
-		st->fin_clear = 1;
-		return;
+	if (st->redirecting) {
+		sk = bpf_map_lookup_elem(&sock_hash, &ctl->peer);
+		if (!sk)
+			return;
+		tp = (struct tcp_sock___ws *)bpf_skc_to_tcp_sock(sk);
+		written = tp && (__s32)(st->peer_seq_goal - tp->write_seq) <= 0;
+		bpf_sk_release(sk);
+		if (!written)
+			return;
 	}
-	sk = bpf_map_lookup_elem(&sock_hash, &ctl->peer);
-	if (!sk)
-		return;
-	tp = (struct tcp_sock___ws *)bpf_skc_to_tcp_sock(sk);
-	if (tp && (__s32)(st->peer_seq_goal - tp->write_seq) <= 0)
-		clear = 1;
-	bpf_sk_release(sk);
-	st->fin_clear = clear;
+	st->fin_clear = 1;
 }
 
 SEC("sk_skb/stream_verdict")

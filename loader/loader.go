@@ -87,7 +87,7 @@ type Splicer struct {
 	overflowResets atomic.Uint64 // pairs reset past the pass limit (pass_slack)
 	idleClosed     atomic.Uint64
 	finsAtOnce     atomic.Uint64 // FINs passed on by the verdict's word alone (conn_stats.fin_clear)
-	idleTimeout    atomic.Int64 // time.Duration for pairs spliced from now on
+	idleTimeout    atomic.Int64  // time.Duration for pairs spliced from now on
 }
 
 // New loads and attaches the BPF programs. On any failure it returns an

@@ -282,6 +282,28 @@ func dialHarness(t testing.TB, h *harness, pre []byte) (*net.TCPConn, *bufio.Rea
 	return c.(*net.TCPConn), r
 }
 
+// readGreeting reads the harness backend's "OK\n" through the splice.
+func readGreeting(t testing.TB, r *bufio.Reader) {
+	t.Helper()
+	if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
+		t.Fatalf("greeting %q %v", line, err)
+	}
+}
+
+// streamSum is what a reader gave until EOF: its length and SHA-256.
+type streamSum struct {
+	sum [32]byte
+	n   int64
+}
+
+func sumStream(r io.Reader) streamSum {
+	h := sha256.New()
+	var s streamSum
+	s.n, _ = io.Copy(h, r)
+	copy(s.sum[:], h.Sum(nil))
+	return s
+}
+
 func pattern(n int, seed uint64) []byte {
 	b := make([]byte, n)
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
@@ -453,26 +475,15 @@ func TestSpliceHalfCloseDeliversEverything(t *testing.T) {
 	skipUntrimmedKernel(t)
 	s := newSplicer(t)
 	const size = 48 << 20
-	type result struct {
-		sum [32]byte
-		n   int64
-	}
-	got := make(chan result, 1)
+	got := make(chan streamSum, 1)
 	h := newHarness(t, s, backendServer(t, "OK\n", func(c *net.TCPConn, r *bufio.Reader) {
-		hash := sha256.New()
-		n, _ := io.Copy(hash, r)
-		var res result
-		copy(res.sum[:], hash.Sum(nil))
-		res.n = n
-		got <- res
+		got <- sumStream(r)
 		c.Write(pattern(size, 7))
 		c.CloseWrite()
 	}))
 	c, r := dialHarness(t, h, nil)
 	c.SetDeadline(time.Now().Add(60 * time.Second))
-	if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
-		t.Fatalf("greeting %q %v", line, err)
-	}
+	readGreeting(t, r)
 	msg := pattern(size, 3)
 	if _, err := c.Write(msg); err != nil {
 		t.Fatal(err)
@@ -507,26 +518,15 @@ func TestSpliceFINBehindQueuedRedirects(t *testing.T) {
 	s := newSplicerOpts(t, Options{BacklogFloor: 64 << 20})
 	const size = 24 << 20
 	start := make(chan struct{})
-	type result struct {
-		sum [32]byte
-		n   int64
-	}
-	got := make(chan result, 1)
+	got := make(chan streamSum, 1)
 	h := newHarness(t, s, backendServer(t, "OK\n", func(c *net.TCPConn, r *bufio.Reader) {
 		<-start
-		hash := sha256.New()
-		n, _ := io.Copy(hash, r)
-		var res result
-		copy(res.sum[:], hash.Sum(nil))
-		res.n = n
-		got <- res
+		got <- sumStream(r)
 		c.CloseWrite()
 	}))
 	c, r := dialHarness(t, h, nil)
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
-		t.Fatalf("greeting %q %v", line, err)
-	}
+	readGreeting(t, r)
 	msg := pattern(size, 11)
 	if _, err := c.Write(msg); err != nil {
 		t.Fatal(err)
@@ -555,7 +555,7 @@ func TestSpliceFINBehindQueuedRedirects(t *testing.T) {
 		t.Errorf("the client's FIN was passed on at once (fin_clear) with redirected bytes still queued for the backend")
 	}
 	close(start)
-	var res result
+	var res streamSum
 	select {
 	case res = <-got:
 	case <-time.After(20 * time.Second):
@@ -580,9 +580,7 @@ func TestSpliceFINAtOnce(t *testing.T) {
 	for i := range conns {
 		c, r := dialHarness(t, h, nil)
 		c.SetDeadline(time.Now().Add(10 * time.Second))
-		if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
-			t.Fatalf("greeting %q %v", line, err)
-		}
+		readGreeting(t, r)
 		msg := pattern(64, uint64(i))
 		if _, err := c.Write(msg); err != nil {
 			t.Fatal(err)
@@ -667,9 +665,7 @@ func TestSpliceBackpressure(t *testing.T) {
 	// backpressure the backend finishes its 100 MiB in well under a second.
 	// Now read: everything arrives intact, in order.
 	c.SetDeadline(time.Now().Add(60 * time.Second))
-	if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
-		t.Fatalf("greeting %q %v", line, err)
-	}
+	readGreeting(t, r)
 	want := pattern(64<<10, 9)
 	buf := make([]byte, len(want))
 	for off := 0; off < total; off += len(want) {
@@ -807,9 +803,7 @@ func TestSpliceHalfCloseWhileEchoing(t *testing.T) {
 		const size = 64 << 20
 		c, r := dialHarness(t, h, nil)
 		c.SetDeadline(time.Now().Add(60 * time.Second))
-		if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
-			t.Fatalf("greeting %q %v", line, err)
-		}
+		readGreeting(t, r)
 		msg := pattern(size, uint64(i))
 		go func() {
 			c.Write(msg)
@@ -943,9 +937,7 @@ func TestSpliceFallbackWithSocketInMap(t *testing.T) {
 		c.(*net.TCPConn).CloseWrite()
 	}()
 	r := bufio.NewReader(c)
-	if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
-		t.Fatalf("greeting %q %v", line, err)
-	}
+	readGreeting(t, r)
 	back, err := io.ReadAll(r)
 	if d := firstDiff(back, msg); d >= 0 || err != nil {
 		t.Fatalf("got %d of %d bytes (%v), first difference at %d", len(back), len(msg), err, d)
@@ -1064,9 +1056,7 @@ func TestSpliceSenderNeverReads(t *testing.T) {
 	s := newSplicerOpts(t, Options{PassSlack: 4 << 20})
 	h := newHarness(t, s, backendServer(t, "OK\n", echo))
 	c, r := dialHarness(t, h, nil)
-	if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
-		t.Fatalf("greeting %q %v", line, err)
-	}
+	readGreeting(t, r)
 	before := memAvailable(t)
 	chunk := pattern(64<<10, 7)
 	_ = c.SetWriteDeadline(time.Now().Add(20 * time.Second))
