@@ -311,7 +311,6 @@ func targetRows(p func(string, ...any), m metrics) {
 		}
 		fv, fok := what("smfloor")
 		if fok == "n/a" { // no value: the floor did not run this scenario
-
 			fv = "–"
 		} else {
 			fv += " (" + strings.Trim(fok, "*") + ")"
