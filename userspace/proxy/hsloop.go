@@ -715,7 +715,7 @@ func (h *rawHS) splice(resp *http1.ResponseHead, used int) {
 		h.track.PairEnded(dataplane.PairCounts{}) // releases the lease
 		p.handshakeErrors.Add(1)
 		p.metrics.handshakeDone(0, h.start)
-		p.log.Error().Err(err).Str("backend", be.Addr()).Msg("splice")
+		p.spliceFailed(err, be.Addr())
 		return
 	}
 	p.handshakesLoop.Add(1)

@@ -158,6 +158,25 @@ func (cc *clientConn) spliceWithLease(l *backend.Lease, bconn *dataplane.Conn, t
 	return nil
 }
 
+// spliceFailed logs a splice that could not be set up. A peer that reset
+// or closed its connection meanwhile (the 101 or the first write found it
+// gone) is a client's or backend's doing that anyone can repeat at will,
+// so it is logged at debug, as a reset after the splice is; anything
+// else is wsplice's own failure and logged as an error.
+func (p *Proxy) spliceFailed(err error, backend string) {
+	ev := p.log.Error()
+	if peerAborted(err) {
+		ev = p.log.Debug()
+	}
+	ev.Err(err).Str("backend", backend).Msg("splice")
+}
+
+// peerAborted tells whether err is a socket's peer going away: a reset,
+// a write after the peer closed, or a socket no longer connected.
+func peerAborted(err error) bool {
+	return errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ENOTCONN)
+}
+
 // backendRequest is what the policy and the sticky cookie look at.
 func (cc *clientConn) backendRequest(req *http1.RequestHead) *backend.Request {
 	return cc.p.backendRequest(remoteIP(cc.conn.RemoteAddr()), req)

@@ -140,7 +140,7 @@ func (cc *clientConn) serveL4() {
 	p.forget(cc)
 	cc.spliced = true
 	if err := cc.spliceWithLease(lease, bconn, nil); err != nil {
-		p.log.Error().Err(err).Str("backend", be.Addr()).Msg("splice")
+		p.spliceFailed(err, be.Addr())
 		return
 	}
 	if p.log.Debug().Enabled() {

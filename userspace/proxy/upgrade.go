@@ -175,7 +175,7 @@ func (cc *clientConn) answered(res *handshakeResult, req *http1.RequestHead, bre
 	if err := cc.spliceWithLease(lease, bconn, toClient); err != nil {
 		// The data plane owns and has closed both; the client sees a close.
 		res.reject(0, "", nil)
-		p.log.Error().Err(err).Str("backend", be.Addr()).Msg("splice")
+		p.spliceFailed(err, be.Addr())
 		return false
 	}
 	p.metrics.handshakeDone(101, res.start)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -373,4 +374,66 @@ func TestHeaderTimeout(t *testing.T) {
 	if resp := cl.head(); resp.Status != 408 {
 		t.Fatalf("silent connection: status %d, want 408", resp.Status)
 	}
+}
+
+// TestClientResetBeforeSpliceNoError: a client that resets its connection
+// while its handshake waits for the backend makes the 101's write fail.
+// Any client can do that at will, so it must not log an error (the
+// harness fails the test on an error-level line), on either handshake
+// path; the backend connection is still closed.
+func TestClientResetBeforeSpliceNoError(t *testing.T) {
+	for _, loop := range []bool{true, false} {
+		t.Run(fmt.Sprintf("handshake-loop=%v", loop), func(t *testing.T) {
+			reset := make(chan struct{})
+			closed := make(chan struct{}, 1)
+			be := startRawBackend(t, func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead) {
+				<-reset
+				_, _ = io.WriteString(c, switching(req))
+				_, _ = io.Copy(io.Discard, br) // until wsplice closes
+				closed <- struct{}{}
+			})
+			p := startProxy(t, []string{be}, func(c *Config) { c.NoHandshakeLoop = !loop })
+			cl := dial(t, p.addr)
+			cl.send(upgradeRequest())
+			time.Sleep(50 * time.Millisecond) // the request reaches the backend
+			_ = cl.c.SetLinger(0)
+			_ = cl.c.Close()
+			close(reset)
+			select {
+			case <-closed:
+			case <-time.After(testTimeout):
+				t.Fatal("the backend connection was not closed")
+			}
+			p.shutdownForTest(t)
+		})
+	}
+}
+
+// TestL4ClientResetNoError: the same for L4 connections reset as soon as
+// they are accepted.
+func TestL4ClientResetNoError(t *testing.T) {
+	p := startProxy(t, []string{startRawEcho(t, false)}, func(c *Config) {
+		c.TCPListen = []string{"127.0.0.1:0"}
+	})
+	addr := p.TCPAddrs()[0].String()
+	for i := 0; i < 20; i++ {
+		c, err := net.DialTimeout("tcp", addr, testTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.(*net.TCPConn).SetLinger(0)
+		_ = c.Close()
+	}
+	// Every connection accepted and gone before the proxy stops.
+	waitFor(t, "20 connections accepted and ended", func() bool {
+		m := scrape(t, p.Proxy)
+		live := 0.0
+		for k, v := range m {
+			if strings.HasPrefix(k, "wsplice_connections{") && strings.Contains(k, `listener="`+addr+`"`) {
+				live += v
+			}
+		}
+		return m[`wsplice_connections_accepted_total{listener="`+addr+`"}`] == 20 && live == 0
+	})
+	p.shutdownForTest(t)
 }
