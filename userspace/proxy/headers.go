@@ -152,12 +152,19 @@ type forwarded struct {
 // append to (as another proxy would). A client's X-Forwarded-Proto and
 // -Host are not trusted.
 func (f *forwarded) take(lname, value string) bool {
+	// An empty value lists no hop: appending it would start the list
+	// with a bare ", ".
+	empty := strings.TrimSpace(value) == ""
 	switch lname {
 	case "x-forwarded-for":
-		f.forIPs = append(f.forIPs, value)
+		if !empty {
+			f.forIPs = append(f.forIPs, value)
+		}
 		return true
 	case "forwarded":
-		f.elems = append(f.elems, value)
+		if !empty {
+			f.elems = append(f.elems, value)
+		}
 		return true
 	case "x-forwarded-proto", "x-forwarded-host":
 		return true

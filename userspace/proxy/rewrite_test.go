@@ -131,6 +131,24 @@ func fuzzHeader(s string) http1.Header {
 	return h
 }
 
+// TestForwardedEmptyValues: an empty X-Forwarded-For or Forwarded field
+// lists no hop; the proxy's own entry must not follow a bare ", ".
+func TestForwardedEmptyValues(t *testing.T) {
+	var f forwarded
+	for _, fl := range [][2]string{{"x-forwarded-for", ""}, {"x-forwarded-for", " "}, {"forwarded", ""}, {"x-forwarded-for", "192.0.2.1"}} {
+		if !f.take(fl[0], fl[1]) {
+			t.Fatalf("take(%q) = false", fl[0])
+		}
+	}
+	h := f.fields("127.0.0.1", "", "http")
+	if got := h.Get("X-Forwarded-For"); got != "192.0.2.1, 127.0.0.1" {
+		t.Errorf("X-Forwarded-For = %q, want %q", got, "192.0.2.1, 127.0.0.1")
+	}
+	if got := h.Get("Forwarded"); got != "for=127.0.0.1;proto=http" {
+		t.Errorf("Forwarded = %q, want %q", got, "for=127.0.0.1;proto=http")
+	}
+}
+
 func FuzzRewrite(f *testing.F) {
 	f.Add("Host:example.test\nUpgrade:websocket\nConnection:Upgrade\nSec-WebSocket-Key:dGhlIHNhbXBsZSBub25jZQ==\nSec-WebSocket-Version:13", "/chat", "example.test", "198.18.0.2", "")
 	f.Add("Connection:keep-alive, X-Secret ,Sec-WebSocket-Key,\tproxy-x\nX-SECRET:1\nKeep-Alive:5\nProxy-Authorization:x\nX-Forwarded-For:1.2.3.4\nForwarded:for=1.2.3.4\nX-Forwarded-Proto:ftp\nTE:trailers\nConnection:,,Foo\nfoo:bar",
