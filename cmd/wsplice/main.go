@@ -130,7 +130,7 @@ func newFlagSet(o *options, r *rawFlags) *flag.FlagSet {
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or console")
 	fs.DurationVar(&o.cfg.HeaderTimeout, "header-timeout", proxy.DefaultHeaderTimeout, "time allowed to send a request head, keep-alive idle time, and the longest a request body may go without a byte")
 	fs.DurationVar(&o.cfg.DialTimeout, "connect-timeout", proxy.DefaultDialTimeout, "time allowed to connect to a backend (then the next backend is tried, or 502)")
-	fs.DurationVar(&o.cfg.ResponseTimeout, "backend-timeout", proxy.DefaultResponseTimeout, "time a backend has to answer a WebSocket handshake, or a plain request once it is sent (then 504)")
+	fs.DurationVar(&o.cfg.ResponseTimeout, "backend-timeout", proxy.DefaultResponseTimeout, "time a backend has to answer a WebSocket handshake, or a plain request once it is sent (then 504), and the longest an answer's body may go without a byte (then the relay is cut off)")
 	fs.IntVar(&o.cfg.MaxHeaderBytes, "max-header-bytes", proxy.DefaultMaxHeaderBytes, "largest request head accepted (larger get 431)")
 	r.admin.value = defaultAdmin
 	fs.Var(&r.admin, "admin", "`address` of the admin HTTP server with /metrics, /debug/stats and /backends (GET, POST, DELETE /backends/ADDR, POST /backends/ADDR/drain, PUT /backends/ADDR/weight): host:port, unix:PATH or an absolute path for a unix socket, or off (default "+defaultAdmin+"; if that default is taken, a warning and no admin server)")

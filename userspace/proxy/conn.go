@@ -326,7 +326,26 @@ type response struct {
 	// length is the body length, -1 when unknown (chunked or until EOF).
 	length  int64
 	trailer func() http1.Header
+	// abort, when set, makes a pending read of body fail: writeResponse
+	// calls it when the body goes without a byte for the backend timeout
+	// (errBodyStalled) or the client resets its connection
+	// (errClientGone), so that neither holds the connection, its
+	// backend and its limit slots for good.
+	abort func(cause error)
+	// watchClient: nothing else reads the client's connection while the
+	// body is relayed (the request's body has all been read), so abort
+	// may also be called on a client reset.
+	watchClient bool
 }
+
+// readerFunc is a function as an io.Reader.
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
+
+// errBodyStalled ends the relay of an answer whose body went without a
+// byte for the backend timeout.
+var errBodyStalled = errors.New("backend sent no byte of the answer's body within the backend timeout")
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
@@ -375,9 +394,37 @@ func (cc *clientConn) writeResponse(r *response, keepAlive bool, http10 bool) (b
 	bufp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bufp)
 	buf := *bufp
+	body := r.body
+	var aborted atomic.Pointer[error] // why abort was called, if it was
+	if r.abort != nil {
+		abort := func(cause error) {
+			if aborted.CompareAndSwap(nil, &cause) {
+				r.abort(cause)
+			}
+		}
+		// The backend timeout bounds each wait for the body's next bytes,
+		// as it bounds the wait for the head.
+		d := cc.p.conf().ResponseTimeout
+		stall := time.AfterFunc(d, func() { abort(errBodyStalled) })
+		stall.Stop()
+		defer stall.Stop()
+		body = readerFunc(func(b []byte) (int, error) {
+			stall.Reset(d)
+			n, err := r.body.Read(b)
+			stall.Stop()
+			return n, err
+		})
+		if r.watchClient {
+			// A client reset ends the relay at once (a FIN does not:
+			// see abortWatch).
+			watch := &abortWatch{cc: cc, cancel: abort}
+			watch.start()
+			defer watch.stop()
+		}
+	}
 	var copied int64
 	for {
-		n, rerr := r.body.Read(buf)
+		n, rerr := body.Read(buf)
 		if n > 0 {
 			copied += int64(n)
 			if _, err := dst.Write(buf[:n]); err != nil {
@@ -394,6 +441,9 @@ func (cc *clientConn) writeResponse(r *response, keepAlive bool, http10 bool) (b
 		}
 		if rerr != nil {
 			cc.resetOnClose()
+			if why := aborted.Load(); why != nil {
+				rerr = *why
+			}
 			return false, fmt.Errorf("read response body: %w", rerr)
 		}
 	}
@@ -411,6 +461,19 @@ func (cc *clientConn) writeResponse(r *response, keepAlive bool, http10 bool) (b
 		}
 	}
 	return keepAlive, w.Flush()
+}
+
+// logRelayError logs a relayed answer that could not be passed on whole:
+// a backend whose body stalled as a warning (the client's connection is
+// reset mid-answer), anything else (mostly a client gone) at debug.
+func (cc *clientConn) logRelayError(err error, backend string) {
+	switch {
+	case err == nil:
+	case errors.Is(err, errBodyStalled):
+		cc.p.log.Warn().Err(err).Str("backend", backend).Msg("relay response: backend stalled, connection closed")
+	case cc.p.log.Debug().Enabled():
+		cc.p.log.Debug().Err(err).Str("backend", backend).Msg("relay response")
+	}
 }
 
 func isTimeout(err error) bool {

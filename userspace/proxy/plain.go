@@ -117,6 +117,7 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 	var lastErr error // of the last failed connect
 	var lease *backend.Lease
 	var resp *http.Response
+	var cancelRT context.CancelCauseFunc // the successful round trip's
 	for {
 		var err error
 		lease, err = p.pool.Acquire(breq, tried)
@@ -150,6 +151,7 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 		watch.stop()
 		if err == nil {
 			p.reportConnect(be, nil)
+			cancelRT = cancel
 			break
 		}
 		lease.Release()
@@ -204,10 +206,10 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 	keepAlive := req.Minor >= 1 && !req.WantsClose() && !p.shuttingDown.Load() && body.complete.Load()
 	r := cc.fromTransport(req, resp)
 	r.header = append(r.header, cc.stickyField(breq, be)...)
+	// Cancelling the round trip's context ends a read of its body.
+	r.abort, r.watchClient = cancelRT, body.complete.Load()
 	keep, err := cc.writeResponse(r, keepAlive, req.Minor == 0)
-	if err != nil && p.log.Debug().Enabled() {
-		p.log.Debug().Err(err).Str("backend", be.Addr()).Msg("relay response")
-	}
+	cc.logRelayError(err, be.Addr())
 	// The next request starts where this body ends: a body not read to its
 	// end leaves the stream unusable.
 	if !body.finish(cc) {

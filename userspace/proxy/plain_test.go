@@ -574,3 +574,87 @@ func TestPlainRequestTrailers(t *testing.T) {
 		t.Errorf("backend got body|X-Check|X-Other|Host = %q, want %q", s, "abc|42|7|")
 	}
 }
+
+// stalledAnswers are backend answers whose body starts ("hello") and then
+// stops for good, the backend keeping its connection open: to a plain
+// request, and to an upgrade the backend refuses.
+var stalledAnswers = []struct{ name, request, answer string }{
+	{"plain", "GET /events HTTP/1.1\r\nHost: example.test\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello"},
+	{"plain-chunked", "GET /events HTTP/1.1\r\nHost: example.test\r\n\r\n", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"},
+	{"refused-upgrade", upgradeRequest(), "HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\nhello"},
+}
+
+// startStallingBackend answers every request with answer and then waits
+// for wsplice to close the connection, which it reports on closed.
+func startStallingBackend(t *testing.T, answer string) (addr string, closed chan struct{}) {
+	closed = make(chan struct{}, 4)
+	addr = startRawBackend(t, func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead) {
+		_ = c.SetDeadline(time.Now().Add(time.Minute))
+		_, _ = io.WriteString(c, answer)
+		_, _ = io.Copy(io.Discard, br)
+		closed <- struct{}{}
+	})
+	return addr, closed
+}
+
+// TestStalledAnswerBodyTimesOut: an answer's body that goes without a byte
+// for the backend timeout ends the relay: the client's connection is
+// closed without the body's end (so it cannot take the answer for whole),
+// and so is the backend's; nothing is held for good.
+func TestStalledAnswerBodyTimesOut(t *testing.T) {
+	for _, tc := range stalledAnswers {
+		t.Run(tc.name, func(t *testing.T) {
+			be, closed := startStallingBackend(t, tc.answer)
+			p := startProxy(t, []string{be}, func(c *Config) { c.ResponseTimeout = 300 * time.Millisecond })
+			cl := dial(t, p.addr)
+			start := time.Now()
+			cl.send(tc.request)
+			cl.head()
+			rest, err := io.ReadAll(cl.br)
+			if err == nil && strings.HasSuffix(string(rest), "0\r\n\r\n") {
+				t.Fatalf("the stalled body ended as if whole: %q", rest)
+			}
+			if !strings.Contains(string(rest), "hello") {
+				t.Errorf("client got %q (%v), want the body's start", rest, err)
+			}
+			if d := time.Since(start); d < 250*time.Millisecond || d > 3*time.Second {
+				t.Errorf("relay ended after %v, want about the 300ms backend timeout", d)
+			}
+			select {
+			case <-closed:
+			case <-time.After(testTimeout):
+				t.Fatal("backend connection still open")
+			}
+		})
+	}
+}
+
+// TestClientResetEndsStalledAnswer: a client that resets its connection
+// while an answer's body is relayed ends the relay at once, long before
+// the backend timeout.
+func TestClientResetEndsStalledAnswer(t *testing.T) {
+	for _, tc := range stalledAnswers {
+		t.Run(tc.name, func(t *testing.T) {
+			be, closed := startStallingBackend(t, tc.answer)
+			p := startProxy(t, []string{be}, func(c *Config) { c.ResponseTimeout = time.Minute })
+			cl := dial(t, p.addr)
+			cl.send(tc.request)
+			cl.head()
+			var got []byte
+			for !bytes.Contains(got, []byte("hello")) {
+				b, err := cl.br.ReadByte()
+				if err != nil {
+					t.Fatalf("body start %q: %v", got, err)
+				}
+				got = append(got, b)
+			}
+			_ = cl.c.SetLinger(0)
+			_ = cl.c.Close()
+			select {
+			case <-closed:
+			case <-time.After(testTimeout):
+				t.Fatal("backend connection still open after the client's reset")
+			}
+		})
+	}
+}

@@ -140,7 +140,7 @@ func (cc *clientConn) answered(res *handshakeResult, req *http1.RequestHead, bre
 		res.failed = true
 		p.handshakeErrors.Add(1)
 		p.metrics.handshakeDone(resp.Status, res.start)
-		return cc.relay(req, resp, bbr)
+		return cc.relay(req, resp, bconn, bbr)
 	}
 	if err := websocket.CheckResponse(resp, req.Header.Get("Sec-WebSocket-Key")); err != nil {
 		p.log.Warn().Err(err).Str("backend", be.Addr()).Msg("websocket handshake failed")
@@ -259,9 +259,10 @@ func switchingHead(resp *http1.ResponseHead, extra http1.Header) []byte {
 
 // relay passes a backend's non-101 answer to a handshake to the client as
 // an ordinary response and reports whether the client connection goes on.
-func (cc *clientConn) relay(req *http1.RequestHead, resp *http1.ResponseHead, bbr *bufio.Reader) bool {
+func (cc *clientConn) relay(req *http1.RequestHead, resp *http1.ResponseHead, bconn *dataplane.Conn, bbr *bufio.Reader) bool {
 	p := cc.p
-	r := &response{status: resp.Status, reason: resp.Reason, length: -1}
+	r := &response{status: resp.Status, reason: resp.Reason, length: -1, watchClient: true,
+		abort: func(error) { _ = bconn.SetReadDeadline(time.Now()) }}
 	d := newDropper(resp.Header)
 	var nb [32]byte
 	for _, f := range resp.Header {
@@ -288,7 +289,7 @@ func (cc *clientConn) relay(req *http1.RequestHead, resp *http1.ResponseHead, bb
 	keepAlive := !req.WantsClose() && !p.shuttingDown.Load()
 	keep, err := cc.writeResponse(r, keepAlive, req.Minor == 0)
 	if err != nil {
-		p.log.Debug().Err(err).Msg("relay refused handshake")
+		cc.logRelayError(err, bconn.RemoteAddr().String())
 		return false
 	}
 	return keep
