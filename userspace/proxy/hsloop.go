@@ -361,6 +361,7 @@ func parseResponse(p *Proxy, b []byte) (*http1.ResponseHead, int, error) {
 			break
 		}
 	}
+	err = finalAnswer(resp, err)
 	n := len(b) - br.Buffered() - rd.Len()
 	br.Reset(nil)
 	p.readers.Put(br)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -14,6 +15,20 @@ import (
 
 // maxInterim bounds the 1xx answers skipped before the backend's real one.
 const maxInterim = 8
+
+// errTooManyInterim fails a handshake whose backend sent more than
+// maxInterim interim (1xx) answers: the client gets 502, never a 1xx as
+// the final answer.
+var errTooManyInterim = fmt.Errorf("backend sent more than %d interim (1xx) answers", maxInterim)
+
+// finalAnswer is err, or errTooManyInterim when resp, the last head read,
+// is still an interim one.
+func finalAnswer(resp *http1.ResponseHead, err error) error {
+	if err == nil && resp.Status < 200 && resp.Status != 101 {
+		return errTooManyInterim
+	}
+	return err
+}
 
 // upgrade runs a WebSocket handshake with a backend and splices the pair.
 // It reports whether the client connection stays in the request loop
@@ -105,7 +120,7 @@ func (cc *clientConn) upgradeCounted(req *http1.RequestHead, start time.Time) bo
 			break
 		}
 	}
-	return cc.answered(res, req, breq, lease, bconn, bbr, resp, err)
+	return cc.answered(res, req, breq, lease, bconn, bbr, resp, finalAnswer(resp, err))
 }
 
 // answered finishes a handshake once the backend has answered it (resp) or

@@ -437,3 +437,29 @@ func TestL4ClientResetNoError(t *testing.T) {
 	})
 	p.shutdownForTest(t)
 }
+
+// TestUpgradeInterimAnswers: up to maxInterim interim (1xx) answers before
+// the 101 are skipped; one more and the client gets 502, never a 1xx as
+// its final answer. On both handshake paths.
+func TestUpgradeInterimAnswers(t *testing.T) {
+	for _, loop := range []bool{true, false} {
+		for _, n := range []int{maxInterim, maxInterim + 1} {
+			t.Run(fmt.Sprintf("handshake-loop=%v/%d", loop, n), func(t *testing.T) {
+				be := startRawBackend(t, func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead) {
+					_, _ = io.WriteString(c, strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n", n)+switching(req))
+					_, _ = io.Copy(c, br)
+				})
+				p := startProxy(t, []string{be}, func(c *Config) { c.NoHandshakeLoop = !loop })
+				cl := dial(t, p.addr)
+				cl.send(upgradeRequest())
+				want := 101
+				if n > maxInterim {
+					want = 502
+				}
+				if resp := cl.head(); resp.Status != want {
+					t.Fatalf("%d interim answers: status %d, want %d", n, resp.Status, want)
+				}
+			})
+		}
+	}
+}

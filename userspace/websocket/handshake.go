@@ -57,7 +57,11 @@ func CheckRequest(r *http1.RequestHead) error {
 	switch v, n := only(r.Header, "Sec-WebSocket-Version"); {
 	case n == 0:
 		return badRequest("missing Sec-WebSocket-Version")
-	case n > 1 || v != Version:
+	case n > 1:
+		// The field must not appear twice in a request (RFC 6455
+		// §11.3.5): malformed, not a version to negotiate.
+		return badRequest("multiple Sec-WebSocket-Version fields")
+	case v != Version:
 		return &Error{
 			Status: 426,
 			Reason: "unsupported Sec-WebSocket-Version",

@@ -60,6 +60,9 @@ func TestCheckRequest(t *testing.T) {
 		{"missing version", set("Sec-WebSocket-Version", ""), 400},
 		{"version 8", set("Sec-WebSocket-Version", "8"), 426},
 		{"version list", set("Sec-WebSocket-Version", "13, 8"), 426},
+		{"two versions", func(r *http1.RequestHead) {
+			r.Header = append(r.Header, http1.Field{Name: "Sec-WebSocket-Version", Value: "13"})
+		}, 400},
 		{"two keys", func(r *http1.RequestHead) {
 			r.Header = append(r.Header, http1.Field{Name: "Sec-WebSocket-Key", Value: key})
 		}, 400},
