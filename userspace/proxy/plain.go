@@ -3,9 +3,12 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"net/url"
 	"sort"
 	"strconv"
@@ -143,6 +146,9 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 		}
 		ctx, cancel := context.WithCancelCause(out.Context())
 		defer cancel(nil)
+		if req.Minor >= 1 {
+			ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: cc.interim})
+		}
 		wait := &answerTimer{d: p.conf().ResponseTimeout, cancel: cancel}
 		watch := &abortWatch{cc: cc, cancel: cancel}
 		body.whenSent(func() { wait.start(); watch.start() })
@@ -222,6 +228,47 @@ func (cc *clientConn) plain(req *http1.RequestHead) bool {
 		}
 	}
 	return keep && err == nil
+}
+
+// interim passes an interim (1xx) answer of the backend on to the client,
+// as a proxy must (RFC 9110 §15.2): 103 Early Hints, 102 Processing. Not
+// a 100 Continue: the proxy answers Expect itself (requestBody), and a
+// backend's 100 answers a request that no longer carries it. Only before
+// the final answer's head, and only to HTTP/1.1 clients (plain sets the
+// trace for those).
+func (cc *clientConn) interim(code int, header textproto.MIMEHeader) error {
+	if code == http.StatusContinue {
+		return nil
+	}
+	b := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\n", code, interimReason(code))
+	keys := make([]string, 0, len(header))
+	for k := range header {
+		if !hopByHop[strings.ToLower(k)] {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		for _, v := range header[k] {
+			b = fmt.Appendf(b, "%s: %s\r\n", k, v)
+		}
+	}
+	b = append(b, "\r\n"...)
+	cc.wmu.Lock()
+	defer cc.wmu.Unlock()
+	if !cc.responded {
+		_ = cc.conn.SetWriteDeadline(time.Now().Add(cc.p.conf().HeaderTimeout))
+		_, _ = cc.conn.Write(b)
+	}
+	return nil
+}
+
+// interimReason is the reason phrase of an interim answer.
+func interimReason(code int) string {
+	if r := http.StatusText(code); r != "" {
+		return r
+	}
+	return "Informational"
 }
 
 // outgoingRequest builds the backend request: origin-form target kept

@@ -658,3 +658,42 @@ func TestClientResetEndsStalledAnswer(t *testing.T) {
 		})
 	}
 }
+
+// TestPlainForwardsInterimAnswers: a backend's interim answers (103 Early
+// Hints, 102) reach an HTTP/1.1 client before the final one, hop-by-hop
+// fields left out (RFC 9110 §15.2); a 100 Continue does not (the proxy
+// answers Expect itself), and an HTTP/1.0 client gets none.
+func TestPlainForwardsInterimAnswers(t *testing.T) {
+	be := startRawBackend(t, func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead) {
+		_, _ = io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n"+
+			"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nKeep-Alive: timeout=5\r\n\r\n"+
+			"HTTP/1.1 102 Processing\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	p := startProxy(t, []string{be}, nil)
+	cl := dial(t, p.addr)
+	cl.send("GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+	var got []int
+	for {
+		r := cl.head()
+		got = append(got, r.Status)
+		if r.Status == 103 && (r.Header.Get("Link") != "</a.css>; rel=preload" || r.Header.Get("Keep-Alive") != "") {
+			t.Errorf("103 fields %v", r.Header)
+		}
+		if r.Status >= 200 {
+			if b := cl.body(r); b != "ok" {
+				t.Errorf("body %q", b)
+			}
+			break
+		}
+	}
+	if fmt.Sprint(got) != "[103 102 200]" {
+		t.Errorf("answers %v, want [103 102 200]", got)
+	}
+
+	old := dial(t, p.addr)
+	old.send("GET / HTTP/1.0\r\nHost: example.test\r\n\r\n")
+	if r := old.head(); r.Status != 200 {
+		t.Errorf("HTTP/1.0 client got %d first, want the final 200", r.Status)
+	}
+}
