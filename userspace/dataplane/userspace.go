@@ -450,9 +450,22 @@ func queued(raw syscall.RawConn) (int, error) {
 // return.
 func (p *pair) closeBoth() {
 	p.abortOnce.Do(func() {
-		_ = p.client.Close()
-		_ = p.backend.Close()
+		closeClean(p.client)
+		closeClean(p.backend)
 	})
+}
+
+// closeClean closes c with a FIN, after a close_notify over TLS, so that
+// the peer can tell this close (an idle timeout, a drain, shutdown) from
+// a truncation. The close_notify goes in the background: a peer that
+// does not read could hold it up for crypto/tls's 5 s write deadline; a
+// copier blocked reading c returns once the socket is closed.
+func closeClean(c *Conn) {
+	if c.TLS == nil {
+		_ = c.Close()
+		return
+	}
+	go func() { _ = c.TLS.Close() }()
 }
 
 // abort resets both sockets; the copiers blocked on them return.
@@ -470,8 +483,7 @@ func (u *Userspace) ClosePairs() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for p := range u.pairs {
-		_ = p.client.Close()
-		_ = p.backend.Close()
+		p.closeBoth()
 	}
 }
 

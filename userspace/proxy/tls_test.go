@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -535,4 +536,54 @@ func TestTLSKeyUpdateAfterSplice(t *testing.T) {
 		}
 	}
 	checkTLSPath(t, p, want, 1)
+}
+
+// countingConn counts the bytes read from a connection.
+type countingConn struct {
+	net.Conn
+	n atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// TestTLSIdleCloseSendsCloseNotify: a TLS connection closed for idleness
+// ends with a close_notify, so a client that checks can tell the close
+// from a truncation (a bare FIN reads as "unexpected EOF" to such
+// clients, Python's ssl for one).
+func TestTLSIdleCloseSendsCloseNotify(t *testing.T) {
+	certs := newTestCerts(t)
+	p := startTLSProxy(t, []string{startTCPEcho(t)}, certs, func(c *Config) { c.IdleTimeout = time.Second })
+	if wantTLSPath(t) == "ktls" {
+		t.Skip("kernel TLS: the idle close sends no close_notify on that path")
+	}
+	raw, err := net.DialTimeout("tcp", p.TCPTLSAddrs()[0].String(), testTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := &countingConn{Conn: raw}
+	tc := tls.Client(cc, &tls.Config{RootCAs: certs.pool, ServerName: "a.test"})
+	defer tc.Close()
+	_ = tc.SetDeadline(time.Now().Add(testTimeout))
+	if _, err := tc.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(tc, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo %q: %v", buf, err)
+	}
+	before := cc.n.Load() // the handshake, tickets and the echo
+	start := time.Now()
+	if n, err := tc.Read(buf); err != io.EOF {
+		t.Fatalf("read after idle: %d bytes, %v; want EOF", n, err)
+	}
+	if d := time.Since(start); d < 800*time.Millisecond {
+		t.Errorf("closed after %v, want the 1s idle timeout", d)
+	}
+	if cc.n.Load() == before {
+		t.Error("the idle close came as a bare FIN, without a close_notify")
+	}
 }
