@@ -72,6 +72,9 @@ type clientConn struct {
 	// error: connectBackend goes on from there.
 	tried    []*backend.Backend
 	triedErr error
+	// lease, when set, is the backend the handshake loop chose but could
+	// not dial (given by name): connectBackend dials it first.
+	lease *backend.Lease
 	// headDeadline, when set, is the first request head's deadline (the
 	// handshake loop's accept time plus HeaderTimeout).
 	headDeadline time.Time
@@ -103,6 +106,10 @@ func (cc *clientConn) serveFrom(prefix []byte, first func() bool) {
 		p.log.Debug().Stringer("remote", cc.conn.RemoteAddr()).Stringer("local", cc.conn.LocalAddr()).Msg("connection accepted")
 	}
 	defer func() {
+		if cc.lease != nil { // chosen by the handshake loop, never dialled
+			cc.lease.Release()
+			cc.lease = nil
+		}
 		cc.br.Reset(nil)
 		p.readers.Put(cc.br)
 		cc.bw.Reset(nil)

@@ -375,14 +375,16 @@ func (h *rawHS) dial() {
 	p := h.p
 	lease, err := p.pool.Acquire(h.breq, h.tried)
 	if err != nil {
-		h.toGoUpgrade()
+		h.toGoUpgrade(nil)
 		return
 	}
 	be := lease.Backend()
 	ap, perr := netip.ParseAddrPort(be.Addr())
 	if perr != nil {
-		lease.Release()
-		h.toGoUpgrade()
+		// The goroutine path resolves the name and dials it with this
+		// lease: acquiring another there would move the balancer on
+		// again (round-robin would never pick a backend given by name).
+		h.toGoUpgrade(lease)
 		return
 	}
 	// Until spliced, a drain deadline closes the handshake.
@@ -454,7 +456,7 @@ func (h *rawHS) connectFailed(err error) {
 	}
 	h.tried = append(h.tried, be)
 	h.lastErr = cerr
-	h.toGoUpgrade()
+	h.toGoUpgrade(nil)
 }
 
 // add registers fd, one of h's sockets, with the loop for events, with
@@ -835,12 +837,17 @@ func (h *rawHS) toGo() {
 }
 
 // toGoUpgrade hands the connection to the goroutine path with its request
-// taken and counted, before a backend connection exists.
-func (h *rawHS) toGoUpgrade() {
+// taken and counted, before a backend connection exists, and the lease
+// of the backend to dial first (nil: none chosen).
+func (h *rawHS) toGoUpgrade(lease *backend.Lease) {
 	cc := h.clientConn()
 	if cc == nil {
+		if lease != nil {
+			lease.Release()
+		}
 		return
 	}
+	cc.lease = lease
 	req, start := h.req, h.start
 	go cc.serveFrom(h.buf[h.headLen:], func() bool { return cc.upgradeCounted(req, start) })
 }

@@ -100,7 +100,11 @@ func (cc *clientConn) connectBackend(req *backend.Request) (*backend.Lease, *dat
 	// The handshake loop may have seen connects fail already.
 	tried, lastErr := cc.tried, cc.triedErr
 	for {
-		l, err := p.pool.Acquire(req, tried)
+		l, err := cc.lease, error(nil)
+		cc.lease = nil
+		if l == nil {
+			l, err = p.pool.Acquire(req, tried)
+		}
 		if err != nil {
 			if lastErr != nil {
 				if localResourceError(lastErr) {

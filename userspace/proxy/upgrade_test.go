@@ -71,6 +71,27 @@ func TestUpgradeRoundRobin(t *testing.T) {
 	}
 }
 
+// TestUpgradeRoundRobinByName: a backend given by name (which the
+// handshake loop leaves to the goroutine path to resolve) gets its turn
+// like one given by address, on both handshake paths.
+func TestUpgradeRoundRobinByName(t *testing.T) {
+	for _, loop := range []bool{true, false} {
+		t.Run(fmt.Sprintf("handshake-loop=%v", loop), func(t *testing.T) {
+			_, port, _ := net.SplitHostPort(startWSBackend(t, "b"))
+			p := startProxy(t, []string{startWSBackend(t, "a"), "localhost:" + port}, func(c *Config) { c.NoHandshakeLoop = !loop })
+			var names []string
+			for range 4 {
+				c, resp := wsDial(t, p.addr, nil)
+				names = append(names, resp.Header.Get("X-Backend-Name"))
+				_ = c.Close()
+			}
+			if strings.Join(names, ",") != "a,b,a,b" {
+				t.Errorf("backends = %v, want a,b,a,b", names)
+			}
+		})
+	}
+}
+
 // TestUpgradeHeaders checks what the backend sees and what the client gets
 // back: end-to-end fields in order, hop-by-hop ones gone, X-Forwarded-*.
 func TestUpgradeHeaders(t *testing.T) {
