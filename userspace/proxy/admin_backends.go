@@ -33,9 +33,8 @@ func (p *Proxy) backendRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, st)
 	})
 	mux.HandleFunc("POST /backends", func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody))
-		if err != nil {
-			adminError(w, http.StatusBadRequest, err)
+		body, ok := readAdminBody(w, r)
+		if !ok {
 			return
 		}
 		spec, err := parseBackendBody(body)
@@ -57,14 +56,9 @@ func (p *Proxy) backendRoutes(mux *http.ServeMux) {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("POST /backends/{addr}/drain", func(w http.ResponseWriter, r *http.Request) {
-		var deadline time.Duration
-		if v := formValue(r, "deadline"); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil || d < 0 {
-				adminError(w, http.StatusBadRequest, fmt.Errorf("deadline %q: want a positive duration such as 30s", v))
-				return
-			}
-			deadline = d
+		deadline, ok := drainDeadline(w, r)
+		if !ok {
+			return
 		}
 		addr := r.PathValue("addr")
 		if err := p.pool.Drain(addr, deadline); err != nil {
@@ -76,9 +70,8 @@ func (p *Proxy) backendRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("PUT /backends/{addr}/weight", func(w http.ResponseWriter, r *http.Request) {
 		v := r.URL.Query().Get("weight")
 		if v == "" {
-			body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody))
-			if err != nil {
-				adminError(w, http.StatusBadRequest, err)
+			body, ok := readAdminBody(w, r)
+			if !ok {
 				return
 			}
 			v = strings.TrimSpace(string(body))
@@ -159,21 +152,67 @@ func (p *Proxy) backendStatus(addr string) any {
 	return map[string]string{"addr": addr}
 }
 
-// formValue is a query or form parameter; a body of NAME=VALUE pairs
-// counts as a form whatever its Content-Type (curl -d, scripts).
-func formValue(r *http.Request, name string) string {
-	if v := r.URL.Query().Get(name); v != "" {
-		return v
+// readAdminBody reads r's body, answering 413 when it is over
+// maxAdminBody (cut short, its start could pass for a whole request) and
+// 400 when it cannot be read; ok is false when it answered.
+func readAdminBody(w http.ResponseWriter, r *http.Request) (body []byte, ok bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAdminBody))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		adminError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request body over %d bytes", maxAdminBody))
+		return nil, false
+	case err != nil:
+		adminError(w, http.StatusBadRequest, err)
+		return nil, false
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody))
-	if err != nil {
-		return ""
+	return body, true
+}
+
+// drainDeadline reads a drain's deadline: from the query (?deadline=30s)
+// or the body, as a form (deadline=30s, curl -d), JSON
+// ({"deadline":"30s"}) or a bare duration; none means no deadline.
+// Anything else is answered 400 (ok false): a typo must not drain
+// without the deadline it meant.
+func drainDeadline(w http.ResponseWriter, r *http.Request) (d time.Duration, ok bool) {
+	v := r.URL.Query().Get("deadline")
+	if v == "" {
+		body, ok := readAdminBody(w, r)
+		if !ok {
+			return 0, false
+		}
+		s := strings.TrimSpace(string(body))
+		switch {
+		case s == "":
+		case strings.HasPrefix(s, "{"):
+			var js struct {
+				Deadline string `json:"deadline"`
+			}
+			if err := decodeStrict(s, &js); err != nil {
+				adminError(w, http.StatusBadRequest, fmt.Errorf(`drain body: want {"deadline": "30s"}: %w`, err))
+				return 0, false
+			}
+			v = js.Deadline
+		case strings.Contains(s, "="):
+			q, err := url.ParseQuery(s)
+			if err != nil || len(q) != 1 || len(q["deadline"]) != 1 {
+				adminError(w, http.StatusBadRequest, fmt.Errorf("drain body %q: want deadline=DURATION", s))
+				return 0, false
+			}
+			v = q.Get("deadline")
+		default:
+			v = s
+		}
 	}
-	q, err := url.ParseQuery(strings.TrimSpace(string(body)))
-	if err != nil {
-		return ""
+	if v == "" {
+		return 0, true
 	}
-	return q.Get(name)
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		adminError(w, http.StatusBadRequest, fmt.Errorf("deadline %q: want a positive duration such as 30s", v))
+		return 0, false
+	}
+	return d, true
 }
 
 func statusOf(err error) int {

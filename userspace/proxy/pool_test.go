@@ -262,9 +262,26 @@ func TestAdminBackends(t *testing.T) {
 	do("POST", "/backends", `{"addr":"127.0.0.1:9"} junk`, 400)
 	do("PUT", "/backends/"+b+"/weight", `{"weight":4,"bogus":true}`, 400)
 	do("PUT", "/backends/"+host+":0"+port+"/weight", `{"weight":4}`, 200)
+	// A body over the limit is refused whole, not cut to a prefix that
+	// reads as a request of its own.
+	do("PUT", "/backends/"+b+"/weight", strings.Repeat(" ", maxAdminBody-1)+"12", 413) // cut, it read as weight 1
+	do("POST", "/backends", strings.Repeat(" ", maxAdminBody)+"127.0.0.1:9", 413)
 	if st := list(); len(st) != 1 || st[0].Weight != 4 {
 		t.Fatalf("after the refusals: %+v", st)
 	}
+	// A drain body not understood is refused: a typo must not drain
+	// without the deadline meant. Each form that is understood works
+	// (a later drain replaces the deadline, so 1h leaves b's alone).
+	for _, bad := range []string{"deadlin=1s", "deadline=1s&x=1", `{"deadline":1}`, `{"deadlin":"1s"}`, "soon", "deadline=-1s", "0s"} {
+		do("POST", "/backends/"+b+"/drain", bad, 400)
+	}
+	if st := list(); st[0].State != "up" {
+		t.Fatalf("a refused drain drained: %+v", st)
+	}
+	for _, good := range []string{"deadline=1h", `{"deadline":"1h"}`, "1h", ""} {
+		do("POST", "/backends/"+b+"/drain", good, 200)
+	}
+	do("POST", "/backends/"+b+"/drain?deadline=1h", "", 200)
 	// Empty: a list, not null.
 	do("DELETE", "/backends/"+b, "", 204)
 	if out := strings.TrimSpace(string(do("GET", "/backends", "", 200))); out != "[]" {
