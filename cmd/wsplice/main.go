@@ -133,7 +133,7 @@ func newFlagSet(o *options, r *rawFlags) *flag.FlagSet {
 	fs.DurationVar(&o.cfg.ResponseTimeout, "backend-timeout", proxy.DefaultResponseTimeout, "time a backend has to answer a WebSocket handshake, or a plain request once it is sent (then 504), and the longest an answer's body may go without a byte (then the relay is cut off)")
 	fs.IntVar(&o.cfg.MaxHeaderBytes, "max-header-bytes", proxy.DefaultMaxHeaderBytes, "largest request head accepted (larger get 431)")
 	r.admin.value = defaultAdmin
-	fs.Var(&r.admin, "admin", "`address` of the admin HTTP server with /metrics, /debug/stats and /backends (GET, POST, DELETE /backends/ADDR, POST /backends/ADDR/drain, PUT /backends/ADDR/weight): host:port, unix:PATH or an absolute path for a unix socket, or off (default "+defaultAdmin+"; if that default is taken, a warning and no admin server)")
+	fs.Var(&r.admin, "admin", "`address` of the admin HTTP server with /metrics, /debug/stats and /backends (GET, POST, DELETE /backends/ADDR, POST /backends/ADDR/drain, PUT /backends/ADDR/weight): host:port, unix:PATH or an absolute path for a unix socket, or off (if the default is taken, a warning and no admin server)")
 	fs.IntVar(&o.cfg.MaxConns, "max-conns", 0, "most live client connections (0: no limit); past it HTTP clients get 503, L4 connections are closed")
 	fs.IntVar(&o.cfg.MaxConnRate, "max-conn-rate", 0, "most new client connections per second, burst of one second's worth (0: no limit); past it 503")
 	fs.IntVar(&o.cfg.MaxConnsPerIP, "max-conns-per-ip", 0, "most live client connections from one source address (0: no limit)")
@@ -248,6 +248,13 @@ func finishOptions(o *options, r *rawFlags) (*options, bool, error) {
 	o.cfg.TCPKeepAliveOff = !r.keepAlive
 	o.cfg.NoHandshakeLoop = !r.hsLoop
 	o.cfg.Admin, o.cfg.AdminOptional = r.admin.value, !r.admin.set
+	if o.cfg.Admin == "" {
+		return nil, false, usageError{errors.New("invalid --admin \"\": want host:port, unix:PATH, an absolute path, or off")}
+	}
+	if o.cfg.MaxHeaderBytes == 0 {
+		// 0 would read as "the default" further on.
+		return nil, false, usageError{errors.New("invalid --max-header-bytes 0: must be between 256 and 1048576")}
+	}
 	if o.cfg.Admin == "off" {
 		o.cfg.Admin = ""
 	}

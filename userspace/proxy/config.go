@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/wsplice/wsplice/userspace/backend"
@@ -248,7 +249,14 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %d: must not be negative", name, v))
 		}
 	}
-	if _, unix := AdminSocketPath(c.Admin); c.Admin != "" && !unix {
+	if path, unix := AdminSocketPath(c.Admin); unix {
+		switch {
+		case path == "":
+			errs = append(errs, fmt.Errorf("admin address %q: the unix socket's path is empty", c.Admin))
+		case strings.HasPrefix(path, "@"):
+			errs = append(errs, fmt.Errorf("admin address %q: abstract unix sockets are not supported; give a file path", c.Admin))
+		}
+	} else if c.Admin != "" {
 		if _, _, err := net.SplitHostPort(c.Admin); err != nil {
 			errs = append(errs, fmt.Errorf("admin address %q: %w", c.Admin, err))
 		}

@@ -534,3 +534,25 @@ func TestKeepAliveAccepted(t *testing.T) {
 		}
 	}
 }
+
+// TestSameListeners: a reload that reorders or respells the listeners
+// changes nothing and must not report them as needing a restart.
+func TestSameListeners(t *testing.T) {
+	for _, tc := range []struct {
+		a, b []string
+		same bool
+	}{
+		{[]string{"127.0.0.1:8080", "127.0.0.1:8081"}, []string{"127.0.0.1:8081", "127.0.0.1:8080"}, true},
+		{[]string{"127.0.0.1:08080"}, []string{"127.0.0.1:8080"}, true},
+		{[]string{"[0:0::1]:80"}, []string{"[::1]:80"}, true},
+		{[]string{":8080"}, []string{":8080"}, true},
+		{nil, []string{}, true},
+		{[]string{"127.0.0.1:8080"}, []string{"127.0.0.1:8081"}, false},
+		{[]string{"127.0.0.1:8080"}, []string{"127.0.0.1:8080", "127.0.0.1:8081"}, false},
+		{[]string{"127.0.0.1:8080"}, []string{"127.0.0.2:8080"}, false},
+	} {
+		if got := sameListeners(tc.a, tc.b); got != tc.same {
+			t.Errorf("sameListeners(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.same)
+		}
+	}
+}

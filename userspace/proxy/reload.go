@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/wsplice/wsplice/userspace/backend"
@@ -41,10 +44,10 @@ func (p *Proxy) Reload(cfg Config) (ignored []string, err error) {
 		name string
 		same bool
 	}{
-		{"listen", slices.Equal(old.Listen, cfg.Listen)},
-		{"listen-tls", slices.Equal(old.TLSListen, cfg.TLSListen)},
-		{"listen-tcp", slices.Equal(old.TCPListen, cfg.TCPListen)},
-		{"listen-tcp-tls", slices.Equal(old.TCPTLSListen, cfg.TCPTLSListen)},
+		{"listen", sameListeners(old.Listen, cfg.Listen)},
+		{"listen-tls", sameListeners(old.TLSListen, cfg.TLSListen)},
+		{"listen-tcp", sameListeners(old.TCPListen, cfg.TCPListen)},
+		{"listen-tcp-tls", sameListeners(old.TCPTLSListen, cfg.TCPTLSListen)},
 		{"tls-cert/tls-key", slices.Equal(old.Certificates, cfg.Certificates)},
 		{"ktls", old.KTLS == cfg.KTLS},
 		{"max-header-bytes", old.MaxHeaderBytes == cfg.MaxHeaderBytes},
@@ -106,4 +109,31 @@ func (p *Proxy) Config() Config {
 // could not be read or parsed).
 func (p *Proxy) ReloadFailed(err error) {
 	p.metrics.reloads.WithLabelValues("failure").Inc()
+}
+
+// sameListeners tells whether two lists of listen addresses name the same
+// listeners: in any order, a port with leading zeros or an IP address in
+// another spelling being the same listener. A reload that only reorders
+// or respells them changes nothing, so it must not ask for a restart.
+func sameListeners(a, b []string) bool {
+	canon := func(l []string) []string {
+		out := make([]string, len(l))
+		for i, addr := range l {
+			out[i] = addr
+			host, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				continue
+			}
+			if ip, err := netip.ParseAddr(host); err == nil {
+				host = ip.String()
+			}
+			if n, err := strconv.Atoi(port); err == nil {
+				port = strconv.Itoa(n)
+			}
+			out[i] = net.JoinHostPort(host, port)
+		}
+		slices.Sort(out)
+		return out
+	}
+	return slices.Equal(canon(a), canon(b))
 }
