@@ -426,8 +426,13 @@ func (s *Splicer) passFIN(src *sock) {
 	// ended, or it re-arms and is woken again, in a loop, until it does.
 	p.mu.Lock()
 	if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil {
+		// dst is gone (reset): src's side must see a reset too, not
+		// a clean end of what dst sent, which may have been cut.
+		if !p.closed {
+			resetOnClose(src.fd)
+		}
 		p.mu.Unlock()
-		s.closePair(p, false)
+		s.closePair(p, true)
 		return
 	}
 	src.eof = true
