@@ -635,7 +635,7 @@ func TestSpliceResetPropagates(t *testing.T) {
 // resets at once, while the client half-closes: the client must get the
 // whole greeting or a reset, never a cut greeting and a clean EOF. (When
 // the client's FIN came after the backend's reset, passing it on failed
-// and the pair was closed with FINs: 9 to 15 of its 500 runs ended cut.
+// and the pair was closed with FINs: 9 to 15 of its 500 runs ended cut.)
 func TestSpliceResetNotPassedAsFIN(t *testing.T) {
 	const size = 64 << 10
 	s := newSplicer(t)
