@@ -342,7 +342,15 @@ func (s *Splicer) splicePair(cs, bs *sock, fds [2]int, toClient []byte, io splic
 		}
 	}
 
+	// A splice that fails resets both sides: the client may not have its
+	// 101, and the backend may have the client's first bytes but will
+	// get no more; neither may take the close for a clean end.
 	fail := func(err error) error {
+		p.mu.Lock()
+		for _, sk := range p.socks {
+			resetOnClose(sk.fd)
+		}
+		p.mu.Unlock()
 		drop()
 		s.closePair(p, true)
 		return err

@@ -670,6 +670,40 @@ func TestSpliceResetNotPassedAsFIN(t *testing.T) {
 	}
 }
 
+// TestSpliceFailureResetsBackend: a client that resets before its 101
+// makes the splice fail; the backend, which got the client's first bytes,
+// must see a reset, not a clean end of a cut stream. Through Splice and
+// SpliceFD.
+func TestSpliceFailureResetsBackend(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		t.Run(fmt.Sprintf("raw=%v", raw), func(t *testing.T) {
+			s := newSplicer(t)
+			reset := make(chan struct{})
+			ended := make(chan error, 1)
+			h := startHarness(t, &harness{t: t, s: s, raw: raw, failOK: true,
+				backend: backendServer(t, "", func(c *net.TCPConn, r *bufio.Reader) {
+					<-reset
+					c.Write([]byte("OK\n"))
+					_, err := io.Copy(io.Discard, r)
+					ended <- err
+				})})
+			c, _ := dialHarness(t, h, bytes.Repeat([]byte("x"), 8<<10))
+			time.Sleep(50 * time.Millisecond) // the line reaches the backend
+			c.SetLinger(0)
+			c.Close()
+			close(reset)
+			select {
+			case err := <-ended:
+				if !errors.Is(err, unix.ECONNRESET) {
+					t.Errorf("backend read ended with %v, want a reset", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("backend connection not closed")
+			}
+		})
+	}
+}
+
 // A client that does not read while the backend pushes 100 MiB: the
 // kernel must not buffer it (KERNEL-NOTES 4); the backend stalls.
 func TestSpliceBackpressure(t *testing.T) {

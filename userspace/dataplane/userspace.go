@@ -163,6 +163,10 @@ func monoNow() int64 { return int64(time.Since(clockBase)) }
 // directions are done.
 func (u *Userspace) Splice(client, backend *Conn, toClient []byte) error {
 	if _, err := client.Write(toClient); err != nil {
+		// Reset both: the backend may have the client's first bytes
+		// and must not take the close for a clean end of them.
+		_ = client.SetLinger(0)
+		_ = backend.SetLinger(0)
 		_ = client.Close()
 		_ = backend.Close()
 		return fmt.Errorf("write to client: %w", err)

@@ -684,8 +684,11 @@ func (h *rawHS) splice(resp *http1.ResponseHead, used int) {
 			err = io.ErrShortWrite
 		}
 		if err != nil {
-			p.log.Debug().Err(err).Msg("websocket handshake failed: write pipelined bytes")
-			h.fail(res)
+			// The backend answered, then went away (or cannot take
+			// the bytes): the client is told, as for any backend
+			// that fails during its handshake.
+			p.log.Warn().Err(err).Str("backend", be.Addr()).Msg("websocket handshake failed: write pipelined bytes")
+			h.failWith(res, 502, "backend failed")
 			return
 		}
 	}
@@ -731,14 +734,23 @@ func (h *rawHS) splice(resp *http1.ResponseHead, used int) {
 
 // fail closes both sockets of a handshake that cannot go on: the client
 // sees a close (as after the goroutine path's reject(0)).
-func (h *rawHS) fail(res *handshakeResult) {
+func (h *rawHS) fail(res *handshakeResult) { h.failWith(res, 0, "") }
+
+// failWith is fail, the client answered with status and msg first
+// (status 0: not answered).
+func (h *rawHS) failWith(res *handshakeResult, status int, msg string) {
 	p := h.p
 	h.mu.Lock()
+	aborted := h.done
 	h.done = true
 	client, bk := h.client, h.bk
 	h.mu.Unlock()
+	if status != 0 && !aborted {
+		_, _ = unix.Write(client.FD, errorAnswer(status, msg, nil))
+		_ = unix.Shutdown(client.FD, unix.SHUT_WR)
+	}
 	p.handshakeErrors.Add(1)
-	p.metrics.handshakeDone(0, res.start)
+	p.metrics.handshakeDone(status, res.start)
 	h.l.raw.ReleaseFD(client)
 	if bk.FD >= 0 {
 		h.l.raw.ReleaseFD(bk)

@@ -171,8 +171,10 @@ func (cc *clientConn) answered(res *handshakeResult, req *http1.RequestHead, bre
 	if n := cc.br.Buffered(); n > 0 {
 		b, _ := cc.br.Peek(n)
 		if _, err := bconn.Write(b); err != nil {
-			p.log.Debug().Err(err).Msg("websocket handshake failed: write pipelined bytes")
-			res.reject(0, "", nil)
+			// The backend answered, then went away: as for any
+			// backend that fails during its handshake.
+			p.log.Warn().Err(err).Str("backend", be.Addr()).Msg("websocket handshake failed: write pipelined bytes")
+			res.reject(502, "backend failed", nil)
 			return false
 		}
 	}

@@ -401,31 +401,67 @@ func TestHeaderTimeout(t *testing.T) {
 // while its handshake waits for the backend makes the 101's write fail.
 // Any client can do that at will, so it must not log an error (the
 // harness fails the test on an error-level line), on either handshake
-// path; the backend connection is still closed.
+// path. The backend, which got the client's first bytes (sent behind the
+// request), must see a reset, not a clean end of a cut stream.
 func TestClientResetBeforeSpliceNoError(t *testing.T) {
 	for _, loop := range []bool{true, false} {
 		t.Run(fmt.Sprintf("handshake-loop=%v", loop), func(t *testing.T) {
 			reset := make(chan struct{})
-			closed := make(chan struct{}, 1)
+			closed := make(chan error, 1)
 			be := startRawBackend(t, func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead) {
 				<-reset
 				_, _ = io.WriteString(c, switching(req))
-				_, _ = io.Copy(io.Discard, br) // until wsplice closes
-				closed <- struct{}{}
+				_, err := io.Copy(io.Discard, br) // until wsplice closes
+				closed <- err
 			})
 			p := startProxy(t, []string{be}, func(c *Config) { c.NoHandshakeLoop = !loop })
 			cl := dial(t, p.addr)
-			cl.send(upgradeRequest())
+			cl.send(upgradeRequest() + strings.Repeat("x", 1000))
 			time.Sleep(50 * time.Millisecond) // the request reaches the backend
 			_ = cl.c.SetLinger(0)
 			_ = cl.c.Close()
 			close(reset)
 			select {
-			case <-closed:
+			case err := <-closed:
+				if !isReset(err) {
+					t.Errorf("backend read ended with %v, want a reset", err)
+				}
 			case <-time.After(testTimeout):
 				t.Fatal("the backend connection was not closed")
 			}
 			p.shutdownForTest(t)
+		})
+	}
+}
+
+// TestBackendResetAfter101: a backend that answers 101 and resets before
+// it reads what the client sent behind its request: the client gets a 502
+// (its bytes could not be written), or the 101 and then a reset, never a
+// clean close without an answer. On both handshake paths.
+func TestBackendResetAfter101(t *testing.T) {
+	for _, loop := range []bool{true, false} {
+		t.Run(fmt.Sprintf("handshake-loop=%v", loop), func(t *testing.T) {
+			be := startRawBackend(t, func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead) {
+				_, _ = io.WriteString(c, switching(req)+strings.Repeat("g", 1500))
+				_ = c.SetLinger(0)
+				_ = c.Close()
+			})
+			p := startProxy(t, []string{be}, func(c *Config) {
+				c.NoHandshakeLoop = !loop
+				c.Health.Fall = 1000
+			})
+			for i := 0; i < 40; i++ {
+				cl := dial(t, p.addr)
+				cl.send(upgradeRequest() + strings.Repeat("x", 100))
+				got, err := io.ReadAll(cl.br)
+				switch {
+				case bytes.HasPrefix(got, []byte("HTTP/1.1 502 ")):
+				case bytes.HasPrefix(got, []byte("HTTP/1.1 101 ")) && (err != nil || len(got) >= 1500):
+				default:
+					t.Fatalf("run %d: client got %q then %v, want a 502, or the 101 and the greeting or a reset", i, got, err)
+				}
+				_ = cl.c.Close()
+			}
 		})
 	}
 }
