@@ -432,3 +432,43 @@ func (c *wsClient) expectNothing(t *testing.T, d time.Duration) {
 		t.Fatalf("read: %v, want a timeout", err)
 	}
 }
+
+// TestShutdownSaysGoodbye: close returns only once every client's close
+// frame (1001 "server shutting down") is out, so the process can exit
+// right after it: each client is closed here as the exit would, and each
+// must have its 1001, not an abrupt end (1006, "connection lost").
+func TestShutdownSaysGoodbye(t *testing.T) {
+	r := startRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.addr})
+	defer rdb.Close()
+	s, err := newChatServer(context.Background(), "a", "test-chat", 10, rdb, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	var clients []*wsClient
+	for range 8 {
+		c := dial(t, srv)
+		c.hello(t)
+		c.history(t, 0)
+		clients = append(clients, c)
+	}
+	s.mu.Lock()
+	var conns []*websocket.Conn
+	for c := range s.clients {
+		conns = append(conns, c.conn)
+	}
+	s.mu.Unlock()
+	s.close()
+	for _, c := range conns {
+		c.NetConn().Close() // what the process's exit does
+	}
+	for i, c := range clients {
+		c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, _, err := c.conn.ReadMessage()
+		if !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+			t.Errorf("client %d: %v, want close 1001", i, err)
+		}
+	}
+}

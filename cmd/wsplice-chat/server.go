@@ -115,6 +115,9 @@ type chatServer struct {
 	closed  bool
 
 	done chan struct{} // closed when the subscription loop ends
+	// writers counts the running writeLoops: close waits for them, so
+	// that every client's close frame is out before the process exits.
+	writers sync.WaitGroup
 }
 
 type client struct {
@@ -255,6 +258,15 @@ func (s *chatServer) close() {
 	s.mu.Unlock()
 	s.pubsub.Close()
 	<-s.done
+	// Each writer sends its close frame (bounded by its one-second write
+	// deadline) and closes its connection; a client that never reads
+	// cannot hold the shutdown up for longer.
+	waited := make(chan struct{})
+	go func() { s.writers.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(2 * time.Second):
+	}
 }
 
 func (s *chatServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -317,6 +329,7 @@ func (s *chatServer) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.clients[c] = struct{}{}
+	s.writers.Add(1) // under s.mu: before close can wait (it sets closed first)
 	s.mu.Unlock()
 	log.Info().Int("clients", s.clientCount()).Msg("client connected")
 
@@ -493,6 +506,7 @@ func (s *chatServer) dropLocked(c *client, code int, text string) {
 
 // writeLoop is the only writer of c.conn: frames, pings and the close.
 func (s *chatServer) writeLoop(c *client, log zerolog.Logger) {
+	defer s.writers.Done()
 	ping := time.NewTicker(pingInterval)
 	defer ping.Stop()
 	defer c.conn.Close()
