@@ -333,28 +333,29 @@ func (s *Splicer) splicePair(cs, bs *sock, fds [2]int, toClient []byte, io splic
 	s.mu.Unlock()
 	s.spliced.Add(1)
 	s.splicedTotal.Add(1)
-	for _, sk := range p.socks {
-		ev := epollEvent(sk, unix.EPOLLRDHUP|unix.EPOLLONESHOT)
-		if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, sk.fd, &ev); err != nil {
-			drop()
-			s.closePair(p, true)
-			return fmt.Errorf("epoll_ctl add: %w", err)
-		}
-	}
-
 	// A splice that fails resets both sides: the client may not have its
 	// 101, and the backend may have the client's first bytes but will
-	// get no more; neither may take the close for a clean end.
+	// get no more; neither may take the close for a clean end. (Not once
+	// the pair is closed, by shutdown: its fds may be gone.)
 	fail := func(err error) error {
 		p.mu.Lock()
-		for _, sk := range p.socks {
-			resetOnClose(sk.fd)
+		if !p.closed {
+			for _, sk := range p.socks {
+				resetOnClose(sk.fd)
+			}
 		}
 		p.mu.Unlock()
 		drop()
 		s.closePair(p, true)
 		return err
 	}
+	for _, sk := range p.socks {
+		ev := epollEvent(sk, unix.EPOLLRDHUP|unix.EPOLLONESHOT)
+		if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, sk.fd, &ev); err != nil {
+			return fail(fmt.Errorf("epoll_ctl add: %w", err))
+		}
+	}
+
 	// The proxy has written all it owes the backend: client bytes may go
 	// straight to it from now on.
 	cs.consumed = uint64(io.clientRead)

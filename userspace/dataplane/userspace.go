@@ -409,8 +409,15 @@ func (u *Userspace) finish(p *pair, dst *Conn, err error, total int64, dir strin
 	}
 	if p.left.Add(-1) == 0 {
 		u.idle.Remove(p)
-		_ = p.client.Close()
-		_ = p.backend.Close()
+		// Through TLS where there is a session: a closeClean still
+		// sending its close_notify must not lose it to a bare close.
+		for _, c := range []*Conn{p.client, p.backend} {
+			if c.TLS != nil {
+				closeTLS(c)
+			} else {
+				_ = c.Close()
+			}
+		}
 		u.mu.Lock()
 		delete(u.pairs, p)
 		u.mu.Unlock()
@@ -461,15 +468,27 @@ func (p *pair) closeBoth() {
 
 // closeClean closes c with a FIN, after a close_notify over TLS, so that
 // the peer can tell this close (an idle timeout, a drain, shutdown) from
-// a truncation. The close_notify goes in the background: a peer that
-// does not read could hold it up for crypto/tls's 5 s write deadline; a
-// copier blocked reading c returns once the socket is closed.
+// a truncation. The close_notify goes in the background, bounded by
+// closeNotifyWait: a peer that does not read could otherwise hold it up
+// for crypto/tls's own 5 s; a copier blocked reading c returns once the
+// socket is closed.
 func closeClean(c *Conn) {
 	if c.TLS == nil {
 		_ = c.Close()
 		return
 	}
-	go func() { _ = c.TLS.Close() }()
+	go closeTLS(c)
+}
+
+// closeNotifyWait bounds the write of a close_notify.
+const closeNotifyWait = time.Second
+
+// closeTLS sends c's close_notify (unless sent already) and closes it;
+// past closeNotifyWait the socket is closed under the write.
+func closeTLS(c *Conn) {
+	t := time.AfterFunc(closeNotifyWait, func() { _ = c.TCPConn.Close() })
+	defer t.Stop()
+	_ = c.TLS.Close()
 }
 
 // abort resets both sockets; the copiers blocked on them return.

@@ -198,6 +198,11 @@ func (cc *clientConn) serveOne() bool {
 		return false
 	}
 	_ = cc.conn.SetReadDeadline(time.Time{})
+	// A new request: its interim answers and 100 Continue may go out
+	// until its own answer starts.
+	cc.wmu.Lock()
+	cc.responded = false
+	cc.wmu.Unlock()
 	if req.Method == "CONNECT" {
 		cc.fail(http.StatusMethodNotAllowed, "CONNECT is not supported", nil)
 		return false

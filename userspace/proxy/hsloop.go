@@ -745,7 +745,10 @@ func (h *rawHS) failWith(res *handshakeResult, status int, msg string) {
 	h.done = true
 	client, bk := h.client, h.bk
 	h.mu.Unlock()
-	if status != 0 && !aborted {
+	if aborted {
+		status = 0 // nothing was answered
+	}
+	if status != 0 {
 		_, _ = unix.Write(client.FD, errorAnswer(status, msg, nil))
 		_ = unix.Shutdown(client.FD, unix.SHUT_WR)
 	}
@@ -860,6 +863,11 @@ func (h *rawHS) toGoUpgrade(lease *backend.Lease) {
 		return
 	}
 	cc.lease = lease
+	if lease != nil {
+		// Until connectBackend sets it again: a drain deadline closes
+		// the connection meanwhile too.
+		lease.SetCloser(cc.track.close)
+	}
 	req, start := h.req, h.start
 	go cc.serveFrom(h.buf[h.headLen:], func() bool { return cc.upgradeCounted(req, start) })
 }

@@ -241,9 +241,15 @@ func (cc *clientConn) interim(code int, header textproto.MIMEHeader) error {
 		return nil
 	}
 	b := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\n", code, interimReason(code))
+	nominated := map[string]bool{} // by the answer's own Connection field
+	for _, v := range header.Values("Connection") {
+		for _, tok := range strings.Split(v, ",") {
+			nominated[strings.ToLower(strings.TrimSpace(tok))] = true
+		}
+	}
 	keys := make([]string, 0, len(header))
 	for k := range header {
-		if !hopByHop[strings.ToLower(k)] {
+		if lk := strings.ToLower(k); !hopByHop[lk] && !nominated[lk] {
 			keys = append(keys, k)
 		}
 	}
@@ -259,6 +265,7 @@ func (cc *clientConn) interim(code int, header textproto.MIMEHeader) error {
 	if !cc.responded {
 		_ = cc.conn.SetWriteDeadline(time.Now().Add(cc.p.conf().HeaderTimeout))
 		_, _ = cc.conn.Write(b)
+		_ = cc.conn.SetWriteDeadline(time.Time{}) // the answer has none
 	}
 	return nil
 }
@@ -488,6 +495,7 @@ func (cc *clientConn) requestBody(req *http1.RequestHead) *requestBody {
 			if !cc.responded {
 				_ = cc.conn.SetWriteDeadline(time.Now().Add(cc.p.conf().HeaderTimeout))
 				_, _ = cc.conn.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n"))
+				_ = cc.conn.SetWriteDeadline(time.Time{}) // the answer has none
 			}
 		}
 	}

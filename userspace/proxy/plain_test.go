@@ -697,3 +697,54 @@ func TestPlainForwardsInterimAnswers(t *testing.T) {
 		t.Errorf("HTTP/1.0 client got %d first, want the final 200", r.Status)
 	}
 }
+
+// TestPlainInterimLeavesNoDeadline: forwarding an interim answer leaves no
+// write deadline behind: an answer whose body comes slower than the
+// header timeout after a 103 still arrives whole.
+func TestPlainInterimLeavesNoDeadline(t *testing.T) {
+	be := startRawBackend(t, func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead) {
+		_, _ = io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+		time.Sleep(800 * time.Millisecond)
+		_, _ = io.WriteString(c, "world")
+	})
+	p := startProxy(t, []string{be}, func(c *Config) { c.HeaderTimeout = 300 * time.Millisecond })
+	cl := dial(t, p.addr)
+	cl.send("GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+	if r := cl.head(); r.Status != 103 {
+		t.Fatalf("first answer %d, want 103", r.Status)
+	}
+	if r := cl.head(); r.Status != 200 {
+		t.Fatalf("final answer %d", r.Status)
+	}
+	if b := cl.readN(10); b != "helloworld" {
+		t.Fatalf("body %q", b)
+	}
+}
+
+// TestPlainInterimEveryRequest: every request on a keep-alive connection
+// gets its interim answers, not only the first.
+func TestPlainInterimEveryRequest(t *testing.T) {
+	be := startRawBackend(t, func(c *net.TCPConn, br *bufio.Reader, req *http1.RequestHead) {
+		for {
+			_, _ = io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			if _, err := http1.ReadRequestHead(br, 0); err != nil {
+				return
+			}
+		}
+	})
+	p := startProxy(t, []string{be}, nil)
+	cl := dial(t, p.addr)
+	for i := 1; i <= 3; i++ {
+		cl.send("GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+		r := cl.head()
+		if r.Status != 103 {
+			t.Errorf("request %d: first answer %d, want 103", i, r.Status)
+		}
+		for r.Status < 200 {
+			r = cl.head()
+		}
+		if b := cl.body(r); b != "ok" {
+			t.Fatalf("request %d: body %q", i, b)
+		}
+	}
+}

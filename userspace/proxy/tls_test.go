@@ -587,3 +587,62 @@ func TestTLSIdleCloseSendsCloseNotify(t *testing.T) {
 		t.Error("the idle close came as a bare FIN, without a close_notify")
 	}
 }
+
+// TestTLSIdleCloseHalfClosed: the same for a client that half-closed
+// (close_notify, nothing more) while its backend stays silent: the last
+// direction's end must not close the socket under the close_notify.
+func TestTLSIdleCloseHalfClosed(t *testing.T) {
+	certs := newTestCerts(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	t.Cleanup(func() { _ = ln.Close(); close(stop) })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { // reads to EOF, never writes nor closes until the test ends
+				_, _ = io.Copy(io.Discard, c)
+				<-stop
+				c.Close()
+			}()
+		}
+	}()
+	p := startTLSProxy(t, []string{ln.Addr().String()}, certs, func(c *Config) { c.IdleTimeout = time.Second })
+	if wantTLSPath(t) == "ktls" {
+		t.Skip("kernel TLS: the idle close sends no close_notify on that path")
+	}
+	const runs = 5
+	lost := 0
+	for i := 0; i < runs; i++ {
+		raw, err := net.DialTimeout("tcp", p.TCPTLSAddrs()[0].String(), testTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc := &countingConn{Conn: raw}
+		tc := tls.Client(cc, &tls.Config{RootCAs: certs.pool, ServerName: "a.test"})
+		_ = tc.SetDeadline(time.Now().Add(testTimeout))
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tc.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		_ = tc.CloseWrite()
+		before := cc.n.Load()
+		if _, err := tc.Read(make([]byte, 16)); err != io.EOF {
+			t.Fatalf("run %d: read %v, want EOF", i, err)
+		}
+		if cc.n.Load() == before {
+			lost++
+		}
+		_ = tc.Close()
+	}
+	if lost > 0 {
+		t.Errorf("%d of %d half-closed TLS clients got a bare FIN at the idle close", lost, runs)
+	}
+}

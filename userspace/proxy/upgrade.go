@@ -155,7 +155,7 @@ func (cc *clientConn) answered(res *handshakeResult, req *http1.RequestHead, bre
 		res.failed = true
 		p.handshakeErrors.Add(1)
 		p.metrics.handshakeDone(resp.Status, res.start)
-		return cc.relay(req, resp, bconn, bbr)
+		return cc.relay(req, resp, be.Addr(), bconn, bbr)
 	}
 	if err := websocket.CheckResponse(resp, req.Header.Get("Sec-WebSocket-Key")); err != nil {
 		p.log.Warn().Err(err).Str("backend", be.Addr()).Msg("websocket handshake failed")
@@ -276,7 +276,7 @@ func switchingHead(resp *http1.ResponseHead, extra http1.Header) []byte {
 
 // relay passes a backend's non-101 answer to a handshake to the client as
 // an ordinary response and reports whether the client connection goes on.
-func (cc *clientConn) relay(req *http1.RequestHead, resp *http1.ResponseHead, bconn *dataplane.Conn, bbr *bufio.Reader) bool {
+func (cc *clientConn) relay(req *http1.RequestHead, resp *http1.ResponseHead, backend string, bconn *dataplane.Conn, bbr *bufio.Reader) bool {
 	p := cc.p
 	r := &response{status: resp.Status, reason: resp.Reason, length: -1, watchClient: true,
 		abort: func(error) { _ = bconn.SetReadDeadline(time.Now()) }}
@@ -306,7 +306,7 @@ func (cc *clientConn) relay(req *http1.RequestHead, resp *http1.ResponseHead, bc
 	keepAlive := !req.WantsClose() && !p.shuttingDown.Load()
 	keep, err := cc.writeResponse(r, keepAlive, req.Minor == 0)
 	if err != nil {
-		cc.logRelayError(err, bconn.RemoteAddr().String())
+		cc.logRelayError(err, backend)
 		return false
 	}
 	return keep
