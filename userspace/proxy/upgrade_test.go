@@ -75,6 +75,10 @@ func TestUpgradeRoundRobin(t *testing.T) {
 // handshake loop leaves to the goroutine path to resolve) gets its turn
 // like one given by address, on both handshake paths.
 func TestUpgradeRoundRobinByName(t *testing.T) {
+	if addrs, err := net.LookupHost("localhost"); err != nil || len(addrs) == 0 {
+		// The VM of `make vm-test` has no /etc/hosts.
+		t.Skipf("the name localhost does not resolve here (%v): no backend given by name to test with", err)
+	}
 	for _, loop := range []bool{true, false} {
 		t.Run(fmt.Sprintf("handshake-loop=%v", loop), func(t *testing.T) {
 			_, port, _ := net.SplitHostPort(startWSBackend(t, "b"))
