@@ -411,13 +411,8 @@ func (u *Userspace) finish(p *pair, dst *Conn, err error, total int64, dir strin
 		u.idle.Remove(p)
 		// Through TLS where there is a session: a closeClean still
 		// sending its close_notify must not lose it to a bare close.
-		for _, c := range []*Conn{p.client, p.backend} {
-			if c.TLS != nil {
-				closeTLS(c)
-			} else {
-				_ = c.Close()
-			}
-		}
+		closeConn(p.client)
+		closeConn(p.backend)
 		u.mu.Lock()
 		delete(u.pairs, p)
 		u.mu.Unlock()
@@ -473,19 +468,23 @@ func (p *pair) closeBoth() {
 // for crypto/tls's own 5 s; a copier blocked reading c returns once the
 // socket is closed.
 func closeClean(c *Conn) {
-	if c.TLS == nil {
-		_ = c.Close()
+	if c.TLS != nil {
+		go closeConn(c)
 		return
 	}
-	go closeTLS(c)
+	closeConn(c)
 }
 
 // closeNotifyWait bounds the write of a close_notify.
 const closeNotifyWait = time.Second
 
-// closeTLS sends c's close_notify (unless sent already) and closes it;
-// past closeNotifyWait the socket is closed under the write.
-func closeTLS(c *Conn) {
+// closeConn closes c; over TLS after its close_notify (unless sent
+// already), the socket closed under the write past closeNotifyWait.
+func closeConn(c *Conn) {
+	if c.TLS == nil {
+		_ = c.Close()
+		return
+	}
 	t := time.AfterFunc(closeNotifyWait, func() { _ = c.TCPConn.Close() })
 	defer t.Stop()
 	_ = c.TLS.Close()

@@ -68,25 +68,11 @@ func (p *Proxy) backendRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, p.backendStatus(addr))
 	})
 	mux.HandleFunc("PUT /backends/{addr}/weight", func(w http.ResponseWriter, r *http.Request) {
-		v := r.URL.Query().Get("weight")
-		if v == "" {
-			body, ok := readAdminBody(w, r)
-			if !ok {
-				return
-			}
-			v = strings.TrimSpace(string(body))
-			var js struct {
-				Weight *int `json:"weight"`
-			}
-			if strings.HasPrefix(v, "{") {
-				if err := decodeStrict(v, &js); err != nil || js.Weight == nil {
-					adminError(w, http.StatusBadRequest, errors.New(`want {"weight": N}`))
-					return
-				}
-				v = strconv.Itoa(*js.Weight)
-			} else if after, ok := strings.CutPrefix(v, "weight="); ok {
-				v = after
-			}
+		// A JSON value is its raw text: a number passes Atoi, a string
+		// or null does not.
+		v, _, ok := adminValue(w, r, "weight")
+		if !ok {
+			return
 		}
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -169,39 +155,50 @@ func readAdminBody(w http.ResponseWriter, r *http.Request) (body []byte, ok bool
 	return body, true
 }
 
-// drainDeadline reads a drain's deadline: from the query (?deadline=30s)
-// or the body, as a form (deadline=30s, curl -d), JSON
-// ({"deadline":"30s"}) or a bare duration; none means no deadline.
-// Anything else is answered 400 (ok false): a typo must not drain
-// without the deadline it meant.
-func drainDeadline(w http.ResponseWriter, r *http.Request) (d time.Duration, ok bool) {
-	v := r.URL.Query().Get("deadline")
-	if v == "" {
-		body, ok := readAdminBody(w, r)
-		if !ok {
-			return 0, false
+// adminValue reads the one parameter name of an admin request: from the
+// query (?name=V) or the body, as a form (name=V, curl -d), a JSON
+// object holding only it ({"name": V}: v is V's raw JSON text, fromJSON
+// set) or a bare value; "" when there is none. Anything else is answered
+// 400 (ok false): a typo must not pass for "no value".
+func adminValue(w http.ResponseWriter, r *http.Request, name string) (v string, fromJSON, ok bool) {
+	if v := r.URL.Query().Get(name); v != "" {
+		return v, false, true
+	}
+	body, ok := readAdminBody(w, r)
+	if !ok {
+		return "", false, false
+	}
+	s := strings.TrimSpace(string(body))
+	switch {
+	case strings.HasPrefix(s, "{"):
+		var js map[string]json.RawMessage
+		if err := decodeStrict(s, &js); err != nil || len(js) != 1 || js[name] == nil {
+			adminError(w, http.StatusBadRequest, fmt.Errorf(`body %q: want {"%s": VALUE}`, s, name))
+			return "", false, false
 		}
-		s := strings.TrimSpace(string(body))
-		switch {
-		case s == "":
-		case strings.HasPrefix(s, "{"):
-			var js struct {
-				Deadline string `json:"deadline"`
-			}
-			if err := decodeStrict(s, &js); err != nil {
-				adminError(w, http.StatusBadRequest, fmt.Errorf(`drain body: want {"deadline": "30s"}: %w`, err))
-				return 0, false
-			}
-			v = js.Deadline
-		case strings.Contains(s, "="):
-			q, err := url.ParseQuery(s)
-			if err != nil || len(q) != 1 || len(q["deadline"]) != 1 {
-				adminError(w, http.StatusBadRequest, fmt.Errorf("drain body %q: want deadline=DURATION", s))
-				return 0, false
-			}
-			v = q.Get("deadline")
-		default:
-			v = s
+		return string(js[name]), true, true
+	case strings.Contains(s, "="):
+		q, err := url.ParseQuery(s)
+		if err != nil || len(q) != 1 || len(q[name]) != 1 {
+			adminError(w, http.StatusBadRequest, fmt.Errorf("body %q: want %s=VALUE", s, name))
+			return "", false, false
+		}
+		return q.Get(name), false, true
+	}
+	return s, false, true
+}
+
+// drainDeadline reads a drain's deadline (adminValue; JSON as a string,
+// {"deadline":"30s"}); none means no deadline.
+func drainDeadline(w http.ResponseWriter, r *http.Request) (d time.Duration, ok bool) {
+	v, fromJSON, ok := adminValue(w, r, "deadline")
+	if !ok {
+		return 0, false
+	}
+	if fromJSON {
+		if err := json.Unmarshal([]byte(v), &v); err != nil {
+			adminError(w, http.StatusBadRequest, fmt.Errorf(`deadline %s: want a string such as "30s"`, v))
+			return 0, false
 		}
 	}
 	if v == "" {

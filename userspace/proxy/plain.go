@@ -241,23 +241,8 @@ func (cc *clientConn) interim(code int, header textproto.MIMEHeader) error {
 		return nil
 	}
 	b := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\n", code, interimReason(code))
-	nominated := map[string]bool{} // by the answer's own Connection field
-	for _, v := range header.Values("Connection") {
-		for _, tok := range strings.Split(v, ",") {
-			nominated[strings.ToLower(strings.TrimSpace(tok))] = true
-		}
-	}
-	keys := make([]string, 0, len(header))
-	for k := range header {
-		if lk := strings.ToLower(k); !hopByHop[lk] && !nominated[lk] {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		for _, v := range header[k] {
-			b = fmt.Appendf(b, "%s: %s\r\n", k, v)
-		}
+	for _, f := range endToEnd(http.Header(header)) {
+		b = fmt.Appendf(b, "%s: %s\r\n", f.Name, f.Value)
 	}
 	b = append(b, "\r\n"...)
 	cc.wmu.Lock()
@@ -268,6 +253,33 @@ func (cc *clientConn) interim(code int, header textproto.MIMEHeader) error {
 		_ = cc.conn.SetWriteDeadline(time.Time{}) // the answer has none
 	}
 	return nil
+}
+
+// endToEnd is a backend answer's fields to pass on, in name order: not
+// the hop-by-hop ones (those its Connection field names included), nor
+// Content-Length, which the proxy sets for its own framing.
+func endToEnd(h http.Header) http1.Header {
+	conn := http1.Header{}
+	for _, v := range h.Values("Connection") {
+		conn = append(conn, http1.Field{Name: "Connection", Value: v})
+	}
+	d := newDropper(conn)
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var out http1.Header
+	for _, k := range keys {
+		lname := strings.ToLower(k)
+		if d.drop(lname) || lname == "content-length" {
+			continue
+		}
+		for _, v := range h[k] {
+			out = append(out, http1.Field{Name: k, Value: v})
+		}
+	}
+	return out
 }
 
 // interimReason is the reason phrase of an interim answer.
@@ -397,25 +409,7 @@ func (cc *clientConn) fromTransport(req *http1.RequestHead, resp *http.Response)
 	if r.reason == resp.Status || r.reason == "" {
 		r.reason = http.StatusText(resp.StatusCode)
 	}
-	conn := http1.Header{}
-	for _, v := range resp.Header.Values("Connection") {
-		conn = append(conn, http1.Field{Name: "Connection", Value: v})
-	}
-	d := newDropper(conn)
-	keys := make([]string, 0, len(resp.Header))
-	for k := range resp.Header {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		lname := strings.ToLower(k)
-		if d.drop(lname) || lname == "content-length" {
-			continue
-		}
-		for _, v := range resp.Header[k] {
-			r.header = append(r.header, http1.Field{Name: k, Value: v})
-		}
-	}
+	r.header = endToEnd(resp.Header)
 	if req.Method == "HEAD" || resp.StatusCode/100 == 1 || resp.StatusCode == 204 || resp.StatusCode == 304 {
 		r.bodyless, r.body, r.length = true, nil, -1
 		if cl := resp.Header.Get("Content-Length"); cl != "" && resp.StatusCode != 204 {

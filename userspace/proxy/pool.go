@@ -178,7 +178,7 @@ func (p *Proxy) spliceFailed(err error, backend string) {
 // peerAborted tells whether err is a socket's peer going away: a reset,
 // a write after the peer closed, or a socket no longer connected.
 func peerAborted(err error) bool {
-	return errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ENOTCONN)
+	return isReset(err) || errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ENOTCONN)
 }
 
 // backendRequest is what the policy and the sticky cookie look at.
